@@ -1,0 +1,1 @@
+//! `dispatcher`: runs long-running agent programs for a NecroCode task registry.
