@@ -1,1 +1,2 @@
 //! `dispatcher`: runs long-running agent programs for a NecroCode task registry.
+pub mod config;
