@@ -47,6 +47,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Converts a TOML number of seconds; `shown` is how the value appears in the error message.
+pub(super) fn duration_from_secs(secs: f64, shown: &str) -> Result<Duration, String> {
+    if secs < 0.0 {
+        return Err(format!("invalid duration {shown} (must not be negative)"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {shown} {HINT}"))
+}
+
 #[derive(Clone, Copy)]
 enum Unit {
     Millis,
@@ -145,5 +153,18 @@ mod tests {
     fn rejects_values_too_large_for_a_duration() {
         assert!(parse_duration("18446744073709551615h").is_err());
         assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn numbers_of_seconds() {
+        assert_eq!(
+            duration_from_secs(1.5, "1.5"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert!(duration_from_secs(-1.0, "-1").unwrap_err().contains("-1"));
+        assert!(duration_from_secs(f64::NAN, "nan")
+            .unwrap_err()
+            .contains("nan"));
+        assert!(duration_from_secs(f64::INFINITY, "inf").is_err());
     }
 }

@@ -2,5 +2,1034 @@
 //! file, the dotted key and the line.
 
 mod duration;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use duration::parse_duration;
+use tree::{Item, Lines, Node, Problem};
+
+/// The whole configuration, with every default filled in and every relative path resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dispatcher: DispatcherSettings,
+    pub retry: RetrySettings,
+    pub task_registry: RegistrySettings,
+    /// Keyed by pool name.
+    pub agent_pools: BTreeMap<String, PoolConfig>,
+    /// Skill → pool names, in the order written. The key `default` covers tasks whose skill has
+    /// no entry of its own.
+    pub skill_mapping: BTreeMap<String, Vec<String>>,
+    /// The directory relative paths were resolved against: the config file's directory.
+    pub base_dir: PathBuf,
+}
+
+/// `[dispatcher]`.
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub poll_interval: Duration,
+    pub scheduling_policy: SchedulingPolicy,
+    pub max_global_concurrency: usize,
+    /// A runner silent for this long is killed; zero disables the check.
+    pub heartbeat_timeout: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    /// Time between TERM and KILL when stopping a runner.
+    pub stop_grace_period: Duration,
+    pub state_dir: PathBuf,
+}
+
+/// The order in which ready tasks are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    Priority,
+    Fifo,
+}
+
+impl SchedulingPolicy {
+    /// The spelling used in `dispatcher.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulingPolicy::Priority => "priority",
+            SchedulingPolicy::Fifo => "fifo",
+        }
+    }
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub backoff_base: f64,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetrySettings {
+    /// The delay after failed attempt `attempt` (1-based; 0 counts as 1):
+    /// `min(max_delay, initial_delay * backoff_base^(attempt-1))`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        if self.initial_delay.is_zero() {
+            // Zero times an infinite factor would be NaN; zero times anything is zero.
+            return Duration::ZERO;
+        }
+        let secs = self.initial_delay.as_secs_f64() * self.backoff_base.powi(exponent);
+        // A huge attempt number overflows to infinity, which the comparison sends to the cap
+        // instead of letting `Duration::from_secs_f64` panic.
+        if secs >= self.max_delay.as_secs_f64() {
+            return self.max_delay;
+        }
+        Duration::from_secs_f64(secs).min(self.max_delay)
+    }
+}
+
+/// `[task_registry]`.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub dir: PathBuf,
+}
+
+/// `[agent_pools.<name>]`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// TOML key `type`.
+    pub kind: PoolKind,
+    pub max_concurrency: usize,
+    /// Whether the pool takes tasks; a disabled pool still appears in `skill_mapping` results.
+    pub enabled: bool,
+    /// The runner's argv, never passed through a shell. A relative program path containing
+    /// `/` has been resolved against the config file's directory.
+    pub command: Vec<String>,
+    /// Extra environment for runners.
+    pub env: BTreeMap<String, String>,
+    /// Exported to runners as `RUNNER_<KEY>`.
+    pub config: BTreeMap<String, String>,
+    /// Execution timeout; `None` (or zero in the file) means no limit.
+    pub timeout: Option<Duration>,
+}
+
+/// How a pool runs its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    LocalProcess,
+}
+
+impl PoolKind {
+    const SUPPORTED: &'static [(&'static str, PoolKind)] =
+        &[("local-process", PoolKind::LocalProcess)];
+
+    /// The spelling used in `dispatcher.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::LocalProcess => "local-process",
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_invalid(path, *line, key, message))]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        /// Dotted key, such as `agent_pools.backend.max_concurrency`; empty for syntax errors.
+        key: String,
+        message: String,
+    },
+}
+
+/// `file:line: key: message`, leaving out the parts that are not known.
+fn render_invalid(path: &Path, line: Option<usize>, key: &str, message: &str) -> String {
+    let mut text = path.display().to_string();
+    if let Some(line) = line {
+        let _ = write!(text, ":{line}");
+    }
+    if !key.is_empty() {
+        let _ = write!(text, ": {key}");
+    }
+    let _ = write!(text, ": {message}");
+    text
+}
+
+const SECTIONS: &[&str] = &[
+    "dispatcher",
+    "retry",
+    "task_registry",
+    "agent_pools",
+    "skill_mapping",
+];
+const DISPATCHER_KEYS: &[&str] = &[
+    "poll_interval",
+    "scheduling_policy",
+    "max_global_concurrency",
+    "heartbeat_timeout",
+    "graceful_shutdown_timeout",
+    "stop_grace_period",
+    "state_dir",
+];
+const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "max_delay"];
+const REGISTRY_KEYS: &[&str] = &["dir"];
+const POOL_KEYS: &[&str] = &[
+    "type",
+    "max_concurrency",
+    "enabled",
+    "command",
+    "env",
+    "config",
+    "timeout",
+];
+
+impl Config {
+    /// Reads and validates the file at `path`. Relative paths inside are resolved against the
+    /// file's directory, made absolute first so that runners started elsewhere still find them.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let io_error = |source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io_error)?;
+        let absolute = std::path::absolute(path).map_err(io_error)?;
+        parse(&text, path, &base_dir_of(&absolute))
+    }
+
+    /// Parses `text` as if read from `origin`: errors name `origin`, and relative paths are
+    /// resolved against its parent directory.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        parse(text, origin, &base_dir_of(origin))
+    }
+
+    /// Every default, no pools, paths under `base_dir`.
+    pub fn default_in(base_dir: &Path) -> Config {
+        Config {
+            dispatcher: DispatcherSettings {
+                poll_interval: Duration::from_secs(5),
+                scheduling_policy: SchedulingPolicy::Priority,
+                max_global_concurrency: 10,
+                heartbeat_timeout: Duration::from_secs(60),
+                graceful_shutdown_timeout: Duration::from_secs(300),
+                stop_grace_period: Duration::from_secs(10),
+                state_dir: base_dir.join(".dispatcher"),
+            },
+            retry: RetrySettings {
+                max_attempts: 3,
+                backoff_base: 2.0,
+                initial_delay: Duration::from_secs(10),
+                max_delay: Duration::from_secs(300),
+            },
+            task_registry: RegistrySettings {
+                dir: base_dir.join("registry"),
+            },
+            agent_pools: BTreeMap::new(),
+            skill_mapping: BTreeMap::new(),
+            base_dir: base_dir.to_path_buf(),
+        }
+    }
+
+    /// The pools that may run a task needing `skill`, in the order configured:
+    /// `skill_mapping[skill]`, else the pool named like the skill, else `skill_mapping.default`,
+    /// else the pool named `default`, else none. A task without a skill gets the default rule.
+    pub fn pools_for_skill(&self, skill: Option<&str>) -> Vec<&str> {
+        if let Some(skill) = skill {
+            if let Some(found) = self.mapped_or_named(skill) {
+                return found;
+            }
+        }
+        self.mapped_or_named("default").unwrap_or_default()
+    }
+
+    fn mapped_or_named(&self, name: &str) -> Option<Vec<&str>> {
+        if let Some(pools) = self.skill_mapping.get(name) {
+            return Some(pools.iter().map(String::as_str).collect());
+        }
+        let (pool, _) = self.agent_pools.get_key_value(name)?;
+        Some(vec![pool.as_str()])
+    }
+}
+
+fn base_dir_of(origin: &Path) -> PathBuf {
+    match origin.parent() {
+        // A bare file name has the empty path as its parent; "." says the same thing readably.
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+    let invalid = |problem: Problem| ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        line: problem.line,
+        key: problem.key,
+        message: problem.message,
+    };
+    let lines = Lines::new(text);
+    let root: Node = toml::from_str(text).map_err(|error| {
+        invalid(Problem {
+            line: error.span().map(|span| lines.line_of(span)),
+            key: String::new(),
+            message: syntax_message(&error),
+        })
+    })?;
+    decode(&Item::root(&root, &lines), base_dir).map_err(invalid)
+}
+
+/// toml's own message, on one line with its first letter lowered to match ours. Dates
+/// are never valid in this file, and toml reports them through a private marker that would only
+/// confuse a reader, so that case gets a plain message.
+fn syntax_message(error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    if message.contains("$__toml_private_datetime") {
+        return "dates and times are not valid in this file".to_owned();
+    }
+    // toml spreads a parse error over several lines; ours fit on one.
+    let message = message.lines().collect::<Vec<_>>().join("; ");
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "invalid toml".to_owned(),
+    }
+}
+
+fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
+    let mut config = Config::default_in(base_dir);
+    let root = root.table()?;
+    root.deny_unknown(SECTIONS)?;
+    if let Some(section) = root.get("dispatcher") {
+        decode_dispatcher(&section, base_dir, &mut config.dispatcher)?;
+    }
+    if let Some(section) = root.get("retry") {
+        decode_retry(&section, &mut config.retry)?;
+    }
+    if let Some(section) = root.get("task_registry") {
+        let table = section.table()?;
+        table.deny_unknown(REGISTRY_KEYS)?;
+        if let Some(item) = table.get("dir") {
+            config.task_registry.dir = path_value(&item, base_dir)?;
+        }
+    }
+    if let Some(section) = root.get("agent_pools") {
+        for item in section.table()?.entries() {
+            check_safe_name(&item, "pool")?;
+            let pool = decode_pool(&item, base_dir)?;
+            config.agent_pools.insert(item.name.to_owned(), pool);
+        }
+    }
+    if let Some(section) = root.get("skill_mapping") {
+        for item in section.table()?.entries() {
+            check_safe_name(&item, "skill")?;
+            let pools = decode_skill(&item, &config.agent_pools)?;
+            config.skill_mapping.insert(item.name.to_owned(), pools);
+        }
+    }
+    Ok(config)
+}
+
+fn decode_dispatcher(
+    section: &Item<'_>,
+    base_dir: &Path,
+    settings: &mut DispatcherSettings,
+) -> Result<(), Problem> {
+    let table = section.table()?;
+    table.deny_unknown(DISPATCHER_KEYS)?;
+    if let Some(item) = table.get("poll_interval") {
+        settings.poll_interval = item.duration()?;
+        // The core loop waits this long between registry scans; zero would make it spin.
+        if settings.poll_interval.is_zero() {
+            return Err(item.problem("must be greater than zero"));
+        }
+    }
+    if let Some(item) = table.get("scheduling_policy") {
+        settings.scheduling_policy = match item.str()? {
+            "priority" => SchedulingPolicy::Priority,
+            "fifo" => SchedulingPolicy::Fifo,
+            other => {
+                return Err(item.problem(format!(
+                    "unknown scheduling policy {other:?} (supported: priority, fifo)"
+                )))
+            }
+        };
+    }
+    if let Some(item) = table.get("max_global_concurrency") {
+        settings.max_global_concurrency = item.integer(1)?;
+    }
+    if let Some(item) = table.get("heartbeat_timeout") {
+        settings.heartbeat_timeout = item.duration()?;
+    }
+    if let Some(item) = table.get("graceful_shutdown_timeout") {
+        settings.graceful_shutdown_timeout = item.duration()?;
+    }
+    if let Some(item) = table.get("stop_grace_period") {
+        settings.stop_grace_period = item.duration()?;
+    }
+    if let Some(item) = table.get("state_dir") {
+        settings.state_dir = path_value(&item, base_dir)?;
+    }
+    Ok(())
+}
+
+fn decode_retry(section: &Item<'_>, settings: &mut RetrySettings) -> Result<(), Problem> {
+    let table = section.table()?;
+    table.deny_unknown(RETRY_KEYS)?;
+    if let Some(item) = table.get("max_attempts") {
+        settings.max_attempts = item.integer(1)?;
+    }
+    if let Some(item) = table.get("backoff_base") {
+        let base = item.float()?;
+        // A base below one would shrink the delay; NaN or infinity would poison every backoff.
+        if !(base.is_finite() && base >= 1.0) {
+            return Err(item.problem(format!("must be a finite number >= 1, found {base}")));
+        }
+        settings.backoff_base = base;
+    }
+    let initial = table.get("initial_delay");
+    if let Some(item) = &initial {
+        settings.initial_delay = item.duration()?;
+    }
+    let max = table.get("max_delay");
+    if let Some(item) = &max {
+        settings.max_delay = item.duration()?;
+    }
+    if settings.initial_delay > settings.max_delay {
+        // Point at whichever of the two was written; at least one was, since the defaults agree.
+        let item = initial.or(max).unwrap_or_else(|| section.clone());
+        return Err(item.problem(format!(
+            "initial_delay ({:?}) is longer than max_delay ({:?})",
+            settings.initial_delay, settings.max_delay
+        )));
+    }
+    Ok(())
+}
+
+fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Problem> {
+    let table = section.table()?;
+    table.deny_unknown(POOL_KEYS)?;
+    let kind = match table.get("type") {
+        None => PoolKind::LocalProcess,
+        Some(item) => {
+            let text = item.str()?;
+            let found = PoolKind::SUPPORTED.iter().find(|(name, _)| *name == text);
+            match found {
+                Some((_, kind)) => *kind,
+                None => {
+                    let supported: Vec<&str> =
+                        PoolKind::SUPPORTED.iter().map(|(name, _)| *name).collect();
+                    return Err(item.problem(format!(
+                        "unknown pool type {text:?} (supported: {})",
+                        supported.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let max_concurrency = match table.get("max_concurrency") {
+        Some(item) => item.integer(1)?,
+        None => 1,
+    };
+    let enabled = match table.get("enabled") {
+        Some(item) => item.bool()?,
+        None => true,
+    };
+    let Some(command_item) = table.get("command") else {
+        return Err(section.problem("missing key \"command\" (the runner's argv list)"));
+    };
+    let mut command = command_item
+        .array()?
+        .iter()
+        .map(|item| item.str().map(str::to_owned))
+        .collect::<Result<Vec<_>, _>>()?;
+    match command.first_mut() {
+        None => return Err(command_item.problem("must name a program")),
+        Some(program) if program.is_empty() => {
+            return Err(command_item.problem("the program name must not be empty"))
+        }
+        // Runners start in their slot, not here, so a path like `./agents/run.sh` has to be
+        // anchored to the config file. A bare name such as `python3` is left for PATH lookup.
+        Some(program) if program.contains('/') && Path::new(program).is_relative() => {
+            *program = resolve(base_dir, program).to_string_lossy().into_owned();
+        }
+        Some(_) => {}
+    }
+    let env = match table.get("env") {
+        Some(item) => string_map(&item, |key| {
+            let ok = !key.is_empty() && !key.contains(['=', '\0']);
+            (!ok).then(|| format!("invalid environment variable name {key:?}"))
+        })?,
+        None => BTreeMap::new(),
+    };
+    let config = match table.get("config") {
+        Some(item) => string_map(&item, |key| {
+            let ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (!ok).then(|| {
+                format!(
+                    "invalid key {key:?}: it becomes RUNNER_<KEY>, so use only A-Z, a-z, 0-9 and _"
+                )
+            })
+        })?,
+        None => BTreeMap::new(),
+    };
+    let timeout = match table.get("timeout") {
+        Some(item) => Some(item.duration()?).filter(|timeout| !timeout.is_zero()),
+        None => None,
+    };
+    Ok(PoolConfig {
+        kind,
+        max_concurrency,
+        enabled,
+        command,
+        env,
+        config,
+        timeout,
+    })
+}
+
+/// A table of scalars as strings; `bad_key` says why a key is refused, if it is.
+fn string_map(
+    section: &Item<'_>,
+    bad_key: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, Problem> {
+    let mut map = BTreeMap::new();
+    for item in section.table()?.entries() {
+        if let Some(message) = bad_key(item.name) {
+            return Err(item.problem(message));
+        }
+        map.insert(item.name.to_owned(), item.scalar_string()?);
+    }
+    Ok(map)
+}
+
+fn decode_skill(
+    item: &Item<'_>,
+    pools: &BTreeMap<String, PoolConfig>,
+) -> Result<Vec<String>, Problem> {
+    let names = item.string_list()?;
+    if names.is_empty() {
+        return Err(item.problem("must name at least one pool"));
+    }
+    names
+        .into_iter()
+        .map(|(entry, name)| {
+            if pools.contains_key(name) {
+                Ok(name.to_owned())
+            } else {
+                Err(entry.problem(format!(
+                    "pool {name:?} is not defined in [agent_pools] (skill {:?})",
+                    item.name
+                )))
+            }
+        })
+        .collect()
+}
+
+fn path_value(item: &Item<'_>, base_dir: &Path) -> Result<PathBuf, Problem> {
+    let text = item.str()?;
+    if text.is_empty() {
+        return Err(item.problem("must not be empty"));
+    }
+    Ok(resolve(base_dir, text))
+}
+
+/// `base_dir/relative`, with `./` segments dropped so that paths read cleanly in logs. `..`
+/// stays: removing it textually would be wrong across symlinks.
+fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
+    base_dir.join(relative).components().collect()
+}
+
+/// Pool and skill names end up in file names and log paths, so they must not be able to
+/// escape a directory or hide in it.
+fn check_safe_name(item: &Item<'_>, what: &str) -> Result<(), Problem> {
+    let name = item.name;
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 200 {
+        "must be at most 200 bytes"
+    } else if name.contains(['/', '\\']) {
+        "must not contain / or \\"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if name.starts_with('.') {
+        "must not start with ."
+    } else if name.contains("..") {
+        "must not contain .."
+    } else {
+        return Ok(());
+    };
+    Err(item.problem(format!("invalid {what} name {name:?}: {reason}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "/etc/necro/dispatcher.toml";
+
+    fn parse_ok(text: &str) -> Config {
+        Config::from_toml_str(text, Path::new(ORIGIN)).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// The rendered error, after checking it is `Invalid` at `line`.
+    fn parse_err(text: &str, line: usize) -> String {
+        let err = Config::from_toml_str(text, Path::new(ORIGIN)).unwrap_err();
+        let rendered = err.to_string();
+        match err {
+            ConfigError::Invalid { line: found, .. } => {
+                assert_eq!(found, Some(line), "{rendered}");
+            }
+            ConfigError::Io { .. } => panic!("unexpected io error: {rendered}"),
+        }
+        assert!(
+            rendered.starts_with(&format!("{ORIGIN}:{line}: ")),
+            "{rendered}"
+        );
+        rendered
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse_ok("");
+        let base = Path::new("/etc/necro");
+        assert_eq!(config.base_dir, base);
+        let d = &config.dispatcher;
+        assert_eq!(d.poll_interval, secs(5));
+        assert_eq!(d.scheduling_policy, SchedulingPolicy::Priority);
+        assert_eq!(d.max_global_concurrency, 10);
+        assert_eq!(d.heartbeat_timeout, secs(60));
+        assert_eq!(d.graceful_shutdown_timeout, secs(300));
+        assert_eq!(d.stop_grace_period, secs(10));
+        assert_eq!(d.state_dir, base.join(".dispatcher"));
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.retry.backoff_base, 2.0);
+        assert_eq!(config.retry.initial_delay, secs(10));
+        assert_eq!(config.retry.max_delay, secs(300));
+        assert_eq!(config.task_registry.dir, base.join("registry"));
+        assert!(config.agent_pools.is_empty());
+        assert!(config.skill_mapping.is_empty());
+    }
+
+    #[test]
+    fn empty_sections_give_defaults() {
+        let config =
+            parse_ok("[dispatcher]\n[retry]\n[task_registry]\n[agent_pools]\n[skill_mapping]\n");
+        assert_eq!(config.dispatcher.poll_interval, secs(5));
+        assert!(config.agent_pools.is_empty());
+    }
+
+    #[test]
+    fn every_duration_form() {
+        let config = parse_ok(
+            r#"
+            [dispatcher]
+            poll_interval = 7
+            heartbeat_timeout = 1.5
+            graceful_shutdown_timeout = "1h30m"
+            stop_grace_period = "500ms"
+            [retry]
+            initial_delay = "90"
+            max_delay = "5m"
+            "#,
+        );
+        assert_eq!(config.dispatcher.poll_interval, secs(7));
+        assert_eq!(
+            config.dispatcher.heartbeat_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(config.dispatcher.graceful_shutdown_timeout, secs(5400));
+        assert_eq!(
+            config.dispatcher.stop_grace_period,
+            Duration::from_millis(500)
+        );
+        assert_eq!(config.retry.initial_delay, secs(90));
+        assert_eq!(config.retry.max_delay, secs(300));
+
+        let config = parse_ok("[dispatcher]\nheartbeat_timeout = \"0\"\npoll_interval = \"1h\"\n");
+        assert_eq!(config.dispatcher.heartbeat_timeout, Duration::ZERO);
+        assert_eq!(config.dispatcher.poll_interval, secs(3600));
+    }
+
+    const FULL: &str = r#"# Two pools and a skill mapping.
+[dispatcher]
+poll_interval = "2s"
+scheduling_policy = "fifo"
+max_global_concurrency = 4
+state_dir = "/var/lib/dispatcher"
+
+[retry]
+max_attempts = 5
+backoff_base = 3
+initial_delay = "5s"
+max_delay = "10m"
+
+[task_registry]
+dir = "tasks"
+
+[agent_pools.backend]
+type = "local-process"
+max_concurrency = 2
+command = ["./agents/run.sh", "{task_id}", "--spec", "{spec}"]
+timeout = "2h"
+env = { LOG_LEVEL = "debug" }
+
+[agent_pools.backend.config]
+model = "big"
+temperature = 0.5
+max_turns = 40
+verbose = true
+
+[agent_pools.frontend]
+enabled = false
+command = ["python3", "/opt/agent.py"]
+timeout = 0
+
+[skill_mapping]
+backend = ["backend"]
+web = ["frontend", "backend"]
+default = "backend"
+"#;
+
+    #[test]
+    fn full_example() {
+        let config = parse_ok(FULL);
+        let d = &config.dispatcher;
+        assert_eq!(d.poll_interval, secs(2));
+        assert_eq!(d.scheduling_policy, SchedulingPolicy::Fifo);
+        assert_eq!(d.scheduling_policy.as_str(), "fifo");
+        assert_eq!(d.max_global_concurrency, 4);
+        assert_eq!(d.state_dir, Path::new("/var/lib/dispatcher"));
+        assert_eq!(config.retry.max_attempts, 5);
+        assert_eq!(config.retry.backoff_base, 3.0);
+        assert_eq!(config.retry.initial_delay, secs(5));
+        assert_eq!(config.retry.max_delay, secs(600));
+        assert_eq!(config.task_registry.dir, Path::new("/etc/necro/tasks"));
+
+        let backend = &config.agent_pools["backend"];
+        assert_eq!(backend.kind, PoolKind::LocalProcess);
+        assert_eq!(backend.max_concurrency, 2);
+        assert!(backend.enabled);
+        assert_eq!(
+            backend.command,
+            ["/etc/necro/agents/run.sh", "{task_id}", "--spec", "{spec}"]
+        );
+        assert_eq!(backend.timeout, Some(secs(7200)));
+        assert_eq!(backend.env["LOG_LEVEL"], "debug");
+        let settings: Vec<(&str, &str)> = backend
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                ("max_turns", "40"),
+                ("model", "big"),
+                ("temperature", "0.5"),
+                ("verbose", "true")
+            ]
+        );
+
+        let frontend = &config.agent_pools["frontend"];
+        assert!(!frontend.enabled);
+        assert_eq!(frontend.max_concurrency, 1);
+        assert_eq!(frontend.command, ["python3", "/opt/agent.py"]);
+        assert_eq!(frontend.timeout, None);
+        assert!(frontend.env.is_empty() && frontend.config.is_empty());
+
+        assert_eq!(config.skill_mapping["web"], ["frontend", "backend"]);
+        assert_eq!(config.skill_mapping["default"], ["backend"]);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = r#"
+            [dispatcher]
+            state_dir = "state"
+            [task_registry]
+            dir = "../registry"
+            [agent_pools.a]
+            command = ["bin/agent", "rel/arg"]
+            [agent_pools.b]
+            command = ["claude", "-p"]
+            [agent_pools.c]
+            command = ["/usr/bin/env", "sh"]
+        "#;
+        let config =
+            Config::from_toml_str(text, Path::new("/srv/project/dispatcher.toml")).unwrap();
+        assert_eq!(config.base_dir, Path::new("/srv/project"));
+        assert_eq!(config.dispatcher.state_dir, Path::new("/srv/project/state"));
+        assert_eq!(
+            config.task_registry.dir,
+            Path::new("/srv/project/../registry")
+        );
+        // Only the program is anchored; arguments are the agent's business.
+        assert_eq!(
+            config.agent_pools["a"].command,
+            ["/srv/project/bin/agent", "rel/arg"]
+        );
+        assert_eq!(config.agent_pools["b"].command, ["claude", "-p"]);
+        assert_eq!(config.agent_pools["c"].command, ["/usr/bin/env", "sh"]);
+
+        let bare = Config::from_toml_str("", Path::new("dispatcher.toml")).unwrap();
+        assert_eq!(bare.base_dir, Path::new("."));
+    }
+
+    #[test]
+    fn load_reads_the_file_and_anchors_paths_absolutely() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatcher.toml");
+        std::fs::write(&path, "[task_registry]\ndir = \"reg\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert!(config.base_dir.is_absolute());
+        assert_eq!(config.task_registry.dir, config.base_dir.join("reg"));
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        let expected = format!("cannot read config {}: ", missing.display());
+        assert!(err.to_string().starts_with(&expected), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_names_key_and_line() {
+        let err = parse_err(
+            "[dispatcher]\npoll_interval = 5\n\n[deadlock]\nenabled = true\n",
+            4,
+        );
+        assert!(err.contains("unknown key \"deadlock\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_pool_names_table_key_and_line() {
+        let text = "[agent_pools.backend]\ncommand = [\"x\"]\nmax_concurency = 2\n";
+        let err = parse_err(text, 3);
+        assert!(
+            err.starts_with(&format!(
+                "{ORIGIN}:3: agent_pools.backend: unknown key \"max_concurency\""
+            )),
+            "{err}"
+        );
+        assert!(err.contains("max_concurrency"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_inline_and_dotted_tables() {
+        let err = parse_err("[dispatcher]\nfoo.bar = 1\n", 2);
+        assert!(err.contains("dispatcher: unknown key \"foo\""), "{err}");
+        let err = parse_err("retry = { max_attempts = 2, jitter = 1 }\n", 1);
+        assert!(err.contains("retry: unknown key \"jitter\""), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let err = parse_err("[dispatcher]\n\nmax_global_concurrency = \"ten\"\n", 3);
+        assert!(
+            err.contains("dispatcher.max_global_concurrency: expected an integer, found string"),
+            "{err}"
+        );
+        let err = parse_err("[agent_pools.p]\ncommand = [\"x\", 5]\n", 2);
+        assert!(
+            err.contains("agent_pools.p.command[1]: expected a string"),
+            "{err}"
+        );
+        let err = parse_err("dispatcher = 5\n", 1);
+        assert!(err.contains("dispatcher: expected a table"), "{err}");
+        let err = parse_err("[agent_pools.p]\ncommand = [\"x\"]\nenabled = \"yes\"\n", 3);
+        assert!(
+            err.contains("agent_pools.p.enabled: expected true or false"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_key_value_and_line() {
+        let err = parse_err("\n[dispatcher]\npoll_interval = \"5 parsecs\"\n", 3);
+        assert_eq!(
+            err,
+            format!(
+                "{ORIGIN}:3: dispatcher.poll_interval: invalid duration \"5 parsecs\" \
+                 (use 90s, 5m, 1h or seconds)"
+            )
+        );
+        let err = parse_err("[retry]\nmax_delay = -5\n", 2);
+        assert!(
+            err.contains("retry.max_delay: invalid duration -5"),
+            "{err}"
+        );
+        let err = parse_err("[retry]\nmax_delay = nan\n", 2);
+        assert!(
+            err.contains("retry.max_delay: invalid duration NaN"),
+            "{err}"
+        );
+        let err = parse_err("[retry]\nmax_delay = true\n", 2);
+        assert!(
+            err.contains("retry.max_delay: expected a duration"),
+            "{err}"
+        );
+        let err = parse_err("[dispatcher]\npoll_interval = 0\n", 2);
+        assert!(
+            err.contains("dispatcher.poll_interval: must be greater than zero"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_policy_names_key_and_line() {
+        let err = parse_err("[dispatcher]\nscheduling_policy = \"fair-share\"\n", 2);
+        assert!(
+            err.contains("dispatcher.scheduling_policy: unknown scheduling policy \"fair-share\""),
+            "{err}"
+        );
+        assert!(err.contains("priority, fifo"), "{err}");
+    }
+
+    #[test]
+    fn unknown_pool_type_lists_supported_types() {
+        let err = parse_err(
+            "[agent_pools.k8s]\ntype = \"kubernetes\"\ncommand = [\"x\"]\n",
+            2,
+        );
+        assert!(
+            err.contains("agent_pools.k8s.type: unknown pool type \"kubernetes\""),
+            "{err}"
+        );
+        assert!(err.contains("supported: local-process"), "{err}");
+    }
+
+    #[test]
+    fn skill_mapping_to_missing_pool_names_skill_pool_and_line() {
+        let text = "[agent_pools.backend]\ncommand = [\"x\"]\n\n[skill_mapping]\n\
+                    backend = [\"backend\"]\nfrontend = [\"backend\", \"web\"]\n";
+        let err = parse_err(text, 6);
+        assert!(err.contains("skill_mapping.frontend[1]"), "{err}");
+        assert!(err.contains("pool \"web\" is not defined"), "{err}");
+        let err = parse_err("[skill_mapping]\ndefault = \"nowhere\"\n", 2);
+        assert!(
+            err.contains("skill_mapping.default: pool \"nowhere\""),
+            "{err}"
+        );
+        let err = parse_err(
+            "[agent_pools.a]\ncommand = [\"x\"]\n[skill_mapping]\nx = []\n",
+            4,
+        );
+        assert!(
+            err.contains("skill_mapping.x: must name at least one pool"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_line() {
+        let pool = "[agent_pools.base]\ncommand = [\"x\"]\n";
+        let cases: &[(&str, usize, &str)] = &[
+            ("[dispatcher]\nmax_global_concurrency = 0\n", 2, "dispatcher.max_global_concurrency: must be at least 1"),
+            ("[retry]\nmax_attempts = 0\n", 2, "retry.max_attempts: must be at least 1"),
+            ("[retry]\nmax_attempts = 5000000000\n", 2, "retry.max_attempts: 5000000000 is too large"),
+            ("[retry]\nbackoff_base = 0.5\n", 2, "retry.backoff_base: must be a finite number >= 1"),
+            ("[retry]\nbackoff_base = inf\n", 2, "retry.backoff_base: must be a finite number >= 1"),
+            ("[retry]\n\ninitial_delay = \"10m\"\n", 3, "retry.initial_delay: initial_delay (600s) is longer"),
+            ("[retry]\nmax_delay = \"1s\"\n", 2, "retry.max_delay: initial_delay (10s) is longer than max_delay (1s)"),
+            ("[dispatcher]\nstate_dir = \"\"\n", 2, "dispatcher.state_dir: must not be empty"),
+            ("[agent_pools.p]\nenabled = true\n", 1, "agent_pools.p: missing key \"command\""),
+            ("[agent_pools.p]\ncommand = []\n", 2, "agent_pools.p.command: must name a program"),
+            ("[agent_pools.p]\ncommand = [\"\"]\n", 2, "agent_pools.p.command: the program name must not be empty"),
+            ("[agent_pools.p]\ncommand = \"x\"\n", 2, "agent_pools.p.command: expected an array"),
+            ("[agent_pools.p]\ncommand = [\"x\"]\nmax_concurrency = 0\n", 3, "agent_pools.p.max_concurrency: must be at least 1"),
+            ("[agent_pools.p]\ncommand = [\"x\"]\n[agent_pools.p.config]\nok_1 = 1\n\"bad key\" = 2\n", 5, "agent_pools.p.config.\"bad key\": invalid key \"bad key\""),
+            ("[agent_pools.p]\ncommand = [\"x\"]\nconfig = { list = [1] }\n", 3, "agent_pools.p.config.list: expected a string, number or boolean"),
+            ("[agent_pools.p]\ncommand = [\"x\"]\nenv = { \"A=B\" = \"1\" }\n", 3, "invalid environment variable name \"A=B\""),
+            ("[agent_pools.\"../up\"]\ncommand = [\"x\"]\n", 1, "invalid pool name \"../up\": must not contain /"),
+            ("[agent_pools.\"a/b\"]\ncommand = [\"x\"]\n", 1, "invalid pool name \"a/b\": must not contain /"),
+            ("[agent_pools.\"a..b\"]\ncommand = [\"x\"]\n", 1, "must not contain .."),
+            ("[agent_pools.\"\"]\ncommand = [\"x\"]\n", 1, "invalid pool name \"\": must not be empty"),
+            ("[agent_pools.\"a\\tb\"]\ncommand = [\"x\"]\n", 1, "must not contain control characters"),
+            ("[skill_mapping]\n\".hidden\" = \"p\"\n", 2, "invalid skill name \".hidden\""),
+            ("[agent_pools.\".hidden\"]\ncommand = [\"x\"]\n", 1, "must not start with ."),
+        ];
+        for (text, line, expected) in cases {
+            let text = format!("{pool}{text}");
+            let err = parse_err(&text, line + 2);
+            assert!(
+                err.contains(expected),
+                "{text}\n=> {err}\nwanted {expected}"
+            );
+        }
+        let long = "x".repeat(201);
+        let err = parse_err(&format!("[agent_pools.{long}]\ncommand = [\"x\"]\n"), 1);
+        assert!(err.contains("at most 200 bytes"), "{err}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_carry_the_line() {
+        let err = parse_err("[dispatcher]\npoll_interval = \n", 2);
+        assert!(!err.contains('\n'), "{err}");
+        let err = parse_err("[retry]\nmax_attempts = 1\nmax_attempts = 2\n", 3);
+        assert!(err.contains("duplicate key"), "{err}");
+        let err = parse_err("[dispatcher]\n\npoll_interval = 1979-05-27\n", 3);
+        assert!(
+            err.ends_with("dates and times are not valid in this file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let retry = Config::default_in(Path::new("/")).retry;
+        let delays: Vec<u64> = (1..=7).map(|n| retry.backoff(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(retry.backoff(0), secs(10));
+        assert_eq!(retry.backoff(1000), secs(300));
+        assert_eq!(retry.backoff(u32::MAX), secs(300));
+
+        let zero = RetrySettings {
+            initial_delay: Duration::ZERO,
+            ..retry.clone()
+        };
+        assert_eq!(zero.backoff(1000), Duration::ZERO);
+        assert_eq!(zero.backoff(u32::MAX), Duration::ZERO);
+        let flat = RetrySettings {
+            backoff_base: 1.0,
+            ..retry
+        };
+        assert_eq!(flat.backoff(1000), secs(10));
+    }
+
+    #[test]
+    fn pools_for_skill_rules() {
+        let config = parse_ok(FULL);
+        // An explicit mapping wins, in the order written.
+        assert_eq!(config.pools_for_skill(Some("web")), ["frontend", "backend"]);
+        // A skill without a mapping but named like a pool gets that pool.
+        assert_eq!(config.pools_for_skill(Some("frontend")), ["frontend"]);
+        // Otherwise, and for tasks without a skill, the default mapping.
+        assert_eq!(config.pools_for_skill(Some("rust")), ["backend"]);
+        assert_eq!(config.pools_for_skill(None), ["backend"]);
+
+        let config = parse_ok(
+            "[agent_pools.default]\ncommand = [\"x\"]\n[agent_pools.gpu]\ncommand = [\"y\"]\n",
+        );
+        assert_eq!(config.pools_for_skill(Some("gpu")), ["gpu"]);
+        assert_eq!(config.pools_for_skill(Some("rust")), ["default"]);
+        assert_eq!(config.pools_for_skill(None), ["default"]);
+
+        let config = parse_ok("[agent_pools.gpu]\ncommand = [\"y\"]\n");
+        assert!(config.pools_for_skill(Some("rust")).is_empty());
+        assert!(config.pools_for_skill(None).is_empty());
+    }
+
+    #[test]
+    fn default_in_matches_an_empty_file() {
+        let config = Config::default_in(Path::new("/base"));
+        assert_eq!(config.dispatcher.state_dir, Path::new("/base/.dispatcher"));
+        assert_eq!(config.task_registry.dir, Path::new("/base/registry"));
+        assert_eq!(config.base_dir, Path::new("/base"));
+    }
+}
