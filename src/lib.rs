@@ -1,1 +1,4 @@
 //! `dispatcher`: runs long-running agent programs for a NecroCode task registry.
+
+pub mod names;
+pub mod timefmt;
