@@ -1,4 +1,5 @@
 //! `dispatcher`: runs long-running agent programs for a NecroCode task registry.
 
+pub mod fsutil;
 pub mod names;
 pub mod timefmt;
