@@ -2,4 +2,5 @@
 
 pub mod fsutil;
 pub mod names;
+pub mod registry;
 pub mod timefmt;
