@@ -4,9 +4,11 @@
 mod error;
 pub mod json;
 mod model;
+mod store;
 
 pub use error::RegistryError;
 pub use model::{DispatcherMeta, Task, TaskState, Taskset};
+pub use store::{Fingerprint, Registry};
 
 #[cfg(test)]
 pub(crate) mod test_support {
