@@ -2,11 +2,13 @@
 //! store, and the append-only event log.
 
 mod error;
+mod events;
 pub mod json;
 mod model;
 mod store;
 
 pub use error::RegistryError;
+pub use events::{Event, EventLog};
 pub use model::{DispatcherMeta, Task, TaskState, Taskset};
 pub use store::{Fingerprint, Registry};
 
