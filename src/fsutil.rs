@@ -1,0 +1,226 @@
+//! Durable file replacement (temp file, fsync, rename, fsync dir) and `flock(2)` locks that
+//! interoperate with Python's `filelock.UnixFileLock`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Replaces `path` with `bytes` so that readers see either the old or the new content, and the
+/// new content survives a crash once this returns.
+///
+/// The temp file is `<dir>/<stem>.tmp` (`taskset.json` → `taskset.tmp`), the name NecroCode
+/// uses, so a leftover from either tool is recognisable. Callers serialise writers with a lock.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir)?;
+    let tmp = temp_path(path);
+    let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(err) = result {
+        // Best effort: a stale temp file is harmless but confusing to someone inspecting the dir.
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    // The rename is only durable once the directory entry is on disk.
+    File::open(dir)?.sync_all()
+}
+
+fn write_and_sync(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = File::create(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_stem().unwrap_or(path.as_os_str()).to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// An exclusive `flock(2)` on a lock file, released when dropped.
+///
+/// Same protocol as Python `filelock`'s `UnixFileLock`: open read-write (creating it), `flock`
+/// with `LOCK_EX`, and never delete the file, since deleting it would let a second process lock a
+/// fresh inode while a third still holds the old one.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Waits up to `timeout` for the lock; fails with `ErrorKind::TimedOut` naming the path.
+    pub fn acquire(path: &Path, timeout: Duration) -> io::Result<FileLock> {
+        let file = open_lock_file(path)?;
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            if try_flock(&file)? {
+                return Ok(FileLock { file });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "timed out after {timeout:?} waiting for lock {}",
+                        path.display()
+                    ),
+                ));
+            }
+            thread::sleep(backoff.min(deadline - now));
+            backoff = (backoff * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Takes the lock if it is free; `None` when another open file holds it.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
+        let file = open_lock_file(path)?;
+        Ok(try_flock(&file)?.then_some(FileLock { file }))
+    }
+
+    /// The open lock file (the dispatcher writes its pid into its own lock file).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too, but an explicit unlock also covers copies of
+        // the descriptor that a forked child may still hold.
+        // SAFETY: the descriptor is owned by `self.file` and open for the whole call.
+        unsafe {
+            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    fs::create_dir_all(parent_dir(path))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// One non-blocking attempt; `Ok(false)` when the lock is held elsewhere.
+fn try_flock(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: the descriptor is owned by `file`, which outlives the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(code) if code == libc::EWOULDBLOCK || code == libc::EAGAIN => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    #[test]
+    fn write_atomic_replaces_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/taskset.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(!dir.path().join("sub/taskset.tmp").exists());
+        assert_eq!(temp_path(&path), dir.path().join("sub/taskset.tmp"));
+    }
+
+    #[test]
+    fn held_lock_blocks_try_acquire_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/spec.lock");
+        let held = FileLock::try_acquire(&path).unwrap().expect("lock is free");
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        let err = FileLock::acquire(&path, Duration::from_millis(30)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        drop(held);
+        assert!(FileLock::acquire(&path, Duration::from_secs(1)).is_ok());
+        assert!(path.exists(), "the lock file is never deleted");
+    }
+
+    /// Runs a Python snippet with the lock path as `sys.argv[1]`.
+    fn python(script: &str, path: &Path) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script).arg(path);
+        cmd
+    }
+
+    const PY_HOLD: &str = "import fcntl, sys\n\
+        f = open(sys.argv[1], 'a+')\n\
+        fcntl.flock(f, fcntl.LOCK_EX)\n\
+        print('locked', flush=True)\n\
+        sys.stdin.read()\n";
+
+    const PY_PROBE: &str = "import fcntl, sys\n\
+        f = open(sys.argv[1], 'a+')\n\
+        try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n\
+        except BlockingIOError:\n    print('busy')\n";
+
+    fn probe(path: &Path) -> String {
+        let out = python(PY_PROBE, path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn lock_held_by_python_blocks_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.lock");
+        let mut child: Child = python(PY_HOLD, &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        // Closing stdin lets the Python process exit, which releases its lock.
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert!(FileLock::acquire(&path, Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn lock_held_by_us_blocks_python() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.lock");
+        let held = FileLock::acquire(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(probe(&path), "busy");
+        drop(held);
+        assert_eq!(probe(&path), "free");
+    }
+}
