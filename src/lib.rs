@@ -1,6 +1,27 @@
-//! `dispatcher`: runs long-running agent programs for a NecroCode task registry.
+//! `dispatcher` runs long-running agent programs (AI coding agents and the like) for a
+//! NecroCode task registry: it takes every task whose dependencies are done, orders it by a
+//! scheduling policy, routes it by skill to an agent pool, runs it as a subprocess, watches
+//! it, retries failures with backoff, and drains cleanly on shutdown.
+//!
+//! Threads: the registry monitor ([`monitor`]) and the runner watchdog ([`watchdog`]) send
+//! messages to the core ([`core`]), which alone owns the scheduling state.
+
 pub mod config;
+pub mod core;
+pub mod dispatcher;
 pub mod fsutil;
+pub mod launcher;
+pub mod monitor;
 pub mod names;
 pub mod registry;
+pub mod scheduler;
+pub mod statedir;
+pub mod status;
 pub mod timefmt;
+pub mod view;
+pub mod watchdog;
+
+pub use crate::config::Config;
+pub use crate::core::RunOutcome;
+pub use crate::dispatcher::{DispatchError, Dispatcher, ShutdownHandle};
+pub use crate::status::StatusReport;

@@ -1,0 +1,11 @@
+#!/bin/sh
+# The README's demo command: a fresh copy of the demo registry under .demo/ (git-ignored),
+# then the dispatcher on the root dispatcher.toml until every task is done, then its status.
+set -eu
+cd "$(dirname "$0")/.."
+rm -rf .demo
+mkdir -p .demo
+cp -R examples/demo/registry .demo/registry
+cargo build --quiet
+./target/debug/dispatcher run --until-idle
+./target/debug/dispatcher status

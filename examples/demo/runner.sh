@@ -1,0 +1,22 @@
+#!/bin/sh
+# A stand-in for an AI coding agent: prints what it was given, "works" for a moment while
+# touching its heartbeat file, and fails its first attempt when the task asks for it.
+# Arguments come from the pool's command: {spec} {task_id} {title}.
+set -eu
+spec=$1 task_id=$2 title=$3
+echo "runner $RUNNER_ID (pool $POOL_NAME, attempt $DISPATCHER_ATTEMPT) working on $spec/$task_id: $title"
+echo "working directory: $(pwd)"
+for step in 1 2 3; do
+    echo "step $step/3"
+    touch "$DISPATCHER_HEARTBEAT_FILE"
+    sleep 0.3
+done
+case "$TASK_CONTEXT" in
+*'"demo_fail_first_attempt":true'*)
+    if [ "$DISPATCHER_ATTEMPT" = 1 ]; then
+        echo "simulated failure on the first attempt" >&2
+        exit 1
+    fi
+    ;;
+esac
+echo "done: $title"

@@ -1,0 +1,93 @@
+//! Command-line interface: the clap definitions and one function per subcommand. Data goes
+//! to stdout, logs and errors to stderr; exit codes are documented in the README.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use dispatcher::config::Config;
+use dispatcher::statedir::StateDir;
+use dispatcher::status::StatusReport;
+use dispatcher::Dispatcher;
+
+/// A configuration, lock or I/O error.
+pub const EXIT_ERROR: u8 = 1;
+
+/// Runs long-running agent programs for a NecroCode task registry.
+#[derive(Parser, Debug)]
+#[command(name = "dispatcher", version, about)]
+pub struct Cli {
+    /// Configuration file. When the default is missing, every setting takes its default.
+    #[arg(long, short = 'c', global = true, default_value = "dispatcher.toml")]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch the registry and run every task whose dependencies are done.
+    ///
+    /// Exit codes: 0 all tasks done (--until-idle), 1 error, 3 some tasks failed,
+    /// 4 tasks remain that can never run, 130 stopped by Ctrl-C or SIGTERM.
+    Run {
+        /// Exit once nothing is ready, running or waiting for a retry.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Show the queue, pools, runners and tasksets, whether or not a dispatcher runs.
+    Status {
+        /// Print the stable JSON document described in the README.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
+    let config = load_config(&cli.config)?;
+    match &cli.command {
+        Command::Run { until_idle } => run(config, *until_idle),
+        Command::Status { json } => status(&config, *json),
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let explicit = path != Path::new("dispatcher.toml");
+    if !explicit && !path.exists() {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        log::info!("no dispatcher.toml here: using the defaults");
+        return Ok(Config::default_in(&cwd));
+    }
+    Ok(Config::load(path)?)
+}
+
+fn run(config: Config, until_idle: bool) -> anyhow::Result<u8> {
+    let mut dispatcher = Dispatcher::new(config).until_idle(until_idle);
+    dispatcher.start()?;
+    let shutdown = dispatcher.shutdown_handle()?;
+    // SIGINT, SIGTERM and SIGHUP all become a drain request for the core; the second one
+    // stops the runners without waiting.
+    ctrlc::set_handler(move || {
+        if shutdown.request() > 1 {
+            eprintln!("dispatcher: stopping runners now");
+        }
+    })
+    .context("cannot install the signal handler")?;
+    let outcome = dispatcher.wait()?;
+    Ok(outcome.exit_code())
+}
+
+fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
+    let state = StateDir::new(&config.dispatcher.state_dir);
+    let report = StatusReport::read_live_snapshot(&state)
+        .unwrap_or_else(|| StatusReport::from_registry(config));
+    if json {
+        let text = serde_json::to_string_pretty(&report).context("cannot encode status")?;
+        println!("{text}");
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(0)
+}

@@ -1,0 +1,123 @@
+//! The dispatcher's own state directory: its layout, and the lock that allows one
+//! dispatcher per state directory.
+//!
+//! ```text
+//! <state_dir>/dispatcher.lock                      flock held for the dispatcher's life; holds its pid
+//! <state_dir>/status.json                          snapshot for `dispatcher status` (atomic rename)
+//! <state_dir>/events-fallback.jsonl                events that could not reach the registry
+//! <state_dir>/logs/<spec>/<task_id>/attempt-<n>.log
+//! <state_dir>/runners/<runner_id>/                 context.json, heartbeat
+//! <state_dir>/scratch/<spec>/<task_id>/            working directory of tasks without a repository
+//! ```
+
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::FileLock;
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    #[error("cannot use state dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another dispatcher (pid {pid}) is already running with state dir {path}")]
+    Busy { pid: String, path: PathBuf },
+}
+
+/// Held while the dispatcher runs; dropping it releases the state directory.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _lock: FileLock,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("dispatcher.lock")
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    pub fn event_fallback_path(&self) -> PathBuf {
+        self.root.join("events-fallback.jsonl")
+    }
+
+    pub fn attempt_log(&self, spec: &str, task_id: &str, attempt: u32) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(spec)
+            .join(task_id)
+            .join(format!("attempt-{attempt}.log"))
+    }
+
+    pub fn runner_dir(&self, runner_id: &str) -> PathBuf {
+        self.root.join("runners").join(runner_id)
+    }
+
+    pub fn scratch_dir(&self, spec: &str, task_id: &str) -> PathBuf {
+        self.root.join("scratch").join(spec).join(task_id)
+    }
+
+    /// Takes the instance lock, or says which pid holds it.
+    pub fn lock(&self) -> Result<InstanceLock, StateDirError> {
+        let io = |source| StateDirError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.root).map_err(io)?;
+        let path = self.lock_path();
+        match FileLock::try_acquire(&path).map_err(io)? {
+            Some(lock) => {
+                let mut file = lock.file();
+                file.set_len(0).map_err(io)?;
+                file.rewind().map_err(io)?;
+                writeln!(file, "{}", std::process::id()).map_err(io)?;
+                file.sync_data().map_err(io)?;
+                Ok(InstanceLock { _lock: lock })
+            }
+            None => {
+                let mut pid = String::new();
+                let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut pid));
+                let pid = pid.trim();
+                Err(StateDirError::Busy {
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.into()
+                    },
+                    path: self.root.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid exists (it may belong to another user).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

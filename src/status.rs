@@ -1,0 +1,455 @@
+//! What `dispatcher status` reports: the report's stable JSON schema, the snapshot the
+//! running dispatcher writes, the same report built from the registry alone when no
+//! dispatcher runs, and the human rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::registry::{Registry, TaskState};
+use crate::statedir::{pid_alive, StateDir};
+use crate::timefmt;
+use crate::view;
+
+/// Version of the JSON schema below; bumped only on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A snapshot older than this is treated as left behind by a dispatcher that is gone,
+/// even if its pid was reused. The core refreshes it every second.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub dispatcher: DispatcherInfo,
+    /// Runnable tasks waiting for a pool.
+    pub queue_length: usize,
+    /// Task counts by state over all readable tasksets.
+    pub totals: BTreeMap<String, usize>,
+    pub pools: Vec<PoolStatus>,
+    pub running: Vec<RunnerStatus>,
+    pub retrying: Vec<RetryStatus>,
+    pub unroutable: Vec<UnroutableStatus>,
+    pub blocked_forever: Vec<StuckStatus>,
+    pub tasksets: Vec<TasksetStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DispatcherInfo {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub draining: bool,
+    pub policy: String,
+    pub state_dir: String,
+    pub registry_dir: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PoolStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub running: usize,
+    pub max_concurrency: usize,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunnerStatus {
+    pub runner_id: Option<String>,
+    pub spec: String,
+    pub task_id: String,
+    pub title: String,
+    pub pool: Option<String>,
+    pub pid: Option<u32>,
+    pub attempt: u32,
+    pub started_at: Option<String>,
+    pub runtime_seconds: Option<f64>,
+    pub last_heartbeat: Option<String>,
+    pub log_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RetryStatus {
+    pub spec: String,
+    pub task_id: String,
+    /// Attempts used so far.
+    pub attempts: u32,
+    pub next_attempt_at: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UnroutableStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub required_skill: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StuckStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TasksetStatus {
+    pub spec: String,
+    pub version: Option<u64>,
+    pub tasks: usize,
+    pub counts: BTreeMap<String, usize>,
+    /// Why the taskset cannot be used, when it cannot.
+    pub error: Option<String>,
+}
+
+/// Counts by state, with every state present so scripts can rely on the keys.
+pub fn empty_counts() -> BTreeMap<String, usize> {
+    [
+        TaskState::Ready,
+        TaskState::Running,
+        TaskState::Blocked,
+        TaskState::Done,
+        TaskState::Failed,
+    ]
+    .iter()
+    .map(|s| (s.as_str().to_string(), 0))
+    .collect()
+}
+
+impl StatusReport {
+    pub fn write_snapshot(&self, state: &StateDir) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        fsutil::write_atomic(&state.snapshot_path(), &bytes)
+    }
+
+    /// The snapshot of a dispatcher that is running now, if there is one.
+    pub fn read_live_snapshot(state: &StateDir) -> Option<StatusReport> {
+        let bytes = std::fs::read(state.snapshot_path()).ok()?;
+        let report: StatusReport = serde_json::from_slice(&bytes).ok()?;
+        let pid = report.dispatcher.pid?;
+        let updated = report
+            .dispatcher
+            .updated_at
+            .as_deref()
+            .and_then(timefmt::parse)?;
+        let age = timefmt::now().signed_duration_since(updated);
+        let fresh = age.to_std().map_or(true, |age| age <= STALE_AFTER);
+        (report.dispatcher.running && pid_alive(pid) && fresh).then_some(report)
+    }
+
+    /// The report when no dispatcher runs: everything the registry alone can tell.
+    pub fn from_registry(config: &Config) -> StatusReport {
+        let registry = Registry::new(&config.task_registry.dir);
+        let now = timefmt::now();
+        let mut report = StatusReport {
+            schema_version: SCHEMA_VERSION,
+            dispatcher: DispatcherInfo {
+                running: false,
+                policy: config.dispatcher.scheduling_policy.as_str().to_string(),
+                state_dir: config.dispatcher.state_dir.display().to_string(),
+                registry_dir: config.task_registry.dir.display().to_string(),
+                ..DispatcherInfo::default()
+            },
+            totals: empty_counts(),
+            ..StatusReport::default()
+        };
+        let mut pool_running: BTreeMap<String, usize> = BTreeMap::new();
+        let specs = registry.list_specs().unwrap_or_default();
+        for spec in specs {
+            let taskset = match registry.load(&spec) {
+                Ok(taskset) => taskset,
+                Err(err) => {
+                    report.tasksets.push(TasksetStatus {
+                        spec,
+                        version: None,
+                        tasks: 0,
+                        counts: empty_counts(),
+                        error: Some(err.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let mut counts = empty_counts();
+            let doomed = view::never_runnable(&taskset);
+            for task in &taskset.tasks {
+                *counts.entry(task.state.as_str().to_string()).or_default() += 1;
+                let meta = task.dispatcher_meta();
+                match task.state {
+                    TaskState::Running => {
+                        if let Some(pool) = &meta.pool {
+                            *pool_running.entry(pool.clone()).or_default() += 1;
+                        }
+                        report.running.push(RunnerStatus {
+                            runner_id: task.runner_id.clone().or(meta.runner_id.clone()),
+                            spec: spec.clone(),
+                            task_id: task.id.clone(),
+                            title: task.title.clone(),
+                            pool: meta.pool.clone(),
+                            pid: meta.pid,
+                            attempt: meta.attempts,
+                            started_at: meta.started_at.clone(),
+                            runtime_seconds: None,
+                            last_heartbeat: None,
+                            log_file: None,
+                        });
+                    }
+                    TaskState::Ready if view::dependencies_done(&taskset, task) => {
+                        match view::next_attempt_at(task).filter(|at| *at > now) {
+                            Some(at) => report.retrying.push(RetryStatus {
+                                spec: spec.clone(),
+                                task_id: task.id.clone(),
+                                attempts: meta.attempts,
+                                next_attempt_at: timefmt::format(at),
+                                last_error: meta.last_error.clone(),
+                            }),
+                            None if config
+                                .pools_for_skill(task.required_skill.as_deref())
+                                .is_empty() =>
+                            {
+                                report.unroutable.push(UnroutableStatus {
+                                    spec: spec.clone(),
+                                    task_id: task.id.clone(),
+                                    required_skill: task.required_skill.clone(),
+                                });
+                            }
+                            None => report.queue_length += 1,
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(reason) = doomed.get(&task.id) {
+                    report.blocked_forever.push(StuckStatus {
+                        spec: spec.clone(),
+                        task_id: task.id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            for (state, n) in &counts {
+                *report.totals.entry(state.clone()).or_default() += n;
+            }
+            report.tasksets.push(TasksetStatus {
+                spec,
+                version: Some(taskset.version),
+                tasks: taskset.tasks.len(),
+                counts,
+                error: None,
+            });
+        }
+        report.pools = config
+            .agent_pools
+            .iter()
+            .map(|(name, pool)| PoolStatus {
+                name: name.clone(),
+                kind: pool.kind.as_str().to_string(),
+                running: pool_running.get(name).copied().unwrap_or(0),
+                max_concurrency: pool.max_concurrency,
+                enabled: pool.enabled,
+            })
+            .collect();
+        report
+    }
+
+    /// Aligned, readable text for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let d = &self.dispatcher;
+        if d.running {
+            let _ = writeln!(
+                out,
+                "dispatcher: running (pid {}, since {}, policy {}){}",
+                d.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                d.started_at.as_deref().unwrap_or("?"),
+                d.policy,
+                if d.draining { ", draining" } else { "" }
+            );
+        } else {
+            let _ = writeln!(out, "dispatcher: not running (policy {})", d.policy);
+        }
+        let _ = writeln!(out, "registry:   {}", d.registry_dir);
+        let t = &self.totals;
+        let count = |s: &str| t.get(s).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "tasks:      {} ready, {} running, {} blocked, {} done, {} failed",
+            count("ready"),
+            count("running"),
+            count("blocked"),
+            count("done"),
+            count("failed")
+        );
+        let _ = writeln!(
+            out,
+            "queue:      {} runnable, {} waiting for retry, {} without a pool, {} never runnable",
+            self.queue_length,
+            self.retrying.len(),
+            self.unroutable.len(),
+            self.blocked_forever.len()
+        );
+
+        if !self.pools.is_empty() {
+            let rows = self.pools.iter().map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.kind.clone(),
+                    format!("{}/{}", p.running, p.max_concurrency),
+                    if p.enabled { "yes".into() } else { "no".into() },
+                ]
+            });
+            section(
+                &mut out,
+                "POOLS",
+                &["POOL", "TYPE", "RUNNING", "ENABLED"],
+                rows,
+            );
+        }
+        if !self.running.is_empty() {
+            let rows = self.running.iter().map(|r| {
+                vec![
+                    format!("{}/{}", r.spec, r.task_id),
+                    r.pool.clone().unwrap_or_else(|| "-".into()),
+                    r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    r.attempt.to_string(),
+                    r.runtime_seconds.map_or_else(|| "-".into(), format_seconds),
+                    r.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
+                    r.runner_id.clone().unwrap_or_else(|| "-".into()),
+                ]
+            });
+            let header = [
+                "TASK",
+                "POOL",
+                "PID",
+                "ATTEMPT",
+                "RUNTIME",
+                "LAST HEARTBEAT",
+                "RUNNER",
+            ];
+            section(&mut out, "RUNNING", &header, rows);
+        }
+        if !self.retrying.is_empty() {
+            let rows = self.retrying.iter().map(|r| {
+                vec![
+                    format!("{}/{}", r.spec, r.task_id),
+                    r.attempts.to_string(),
+                    r.next_attempt_at.clone(),
+                    r.last_error.clone().unwrap_or_default(),
+                ]
+            });
+            let header = ["TASK", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"];
+            section(&mut out, "WAITING FOR RETRY", &header, rows);
+        }
+        if !self.unroutable.is_empty() {
+            let rows = self.unroutable.iter().map(|u| {
+                vec![
+                    format!("{}/{}", u.spec, u.task_id),
+                    u.required_skill.clone().unwrap_or_else(|| "(none)".into()),
+                ]
+            });
+            section(&mut out, "NO POOL SERVES", &["TASK", "SKILL"], rows);
+        }
+        if !self.blocked_forever.is_empty() {
+            let rows = self
+                .blocked_forever
+                .iter()
+                .map(|s| vec![format!("{}/{}", s.spec, s.task_id), s.reason.clone()]);
+            section(&mut out, "NEVER RUNNABLE", &["TASK", "REASON"], rows);
+        }
+        if !self.tasksets.is_empty() {
+            let rows = self.tasksets.iter().map(|ts| {
+                let c = |s: &str| ts.counts.get(s).copied().unwrap_or(0).to_string();
+                vec![
+                    ts.spec.clone(),
+                    ts.version.map_or_else(|| "-".into(), |v| v.to_string()),
+                    c("ready"),
+                    c("running"),
+                    c("blocked"),
+                    c("done"),
+                    c("failed"),
+                    ts.error.clone().unwrap_or_default(),
+                ]
+            });
+            let header = [
+                "SPEC", "VERSION", "READY", "RUNNING", "BLOCKED", "DONE", "FAILED", "ERROR",
+            ];
+            section(&mut out, "TASKSETS", &header, rows);
+        }
+        out
+    }
+}
+
+fn format_seconds(seconds: f64) -> String {
+    // Whole seconds are enough for people; the JSON keeps the fraction.
+    let total = seconds.max(0.0).round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn section(
+    out: &mut String,
+    title: &str,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let _ = writeln!(out, "\n{title}");
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let _ = write!(text, "{cell:<width$}");
+        }
+        let _ = writeln!(out, "  {}", text.trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_shown_compactly() {
+        assert_eq!(format_seconds(4.4), "4s");
+        assert_eq!(format_seconds(75.0), "1m15s");
+        assert_eq!(format_seconds(3725.0), "1h02m05s");
+    }
+
+    #[test]
+    fn columns_are_aligned() {
+        let mut out = String::new();
+        let rows = vec![
+            vec!["a".to_string(), "1".to_string()],
+            vec!["long-name".into(), "22".into()],
+        ];
+        section(&mut out, "T", &["NAME", "N"], rows.into_iter());
+        let lines: Vec<&str> = out.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            ["  NAME       N", "  a          1", "  long-name  22"]
+        );
+    }
+}
