@@ -1,0 +1,261 @@
+//! Shared test helpers: a temp workspace with a registry, a state dir and a config, the real
+//! `dispatcher` binary run in it with a clean environment, and waits with deadlines.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dispatcher");
+
+/// Generous: CI machines are shared and slow. Tests wait for conditions, never for time.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The runner scripts shipped under `tests/runners/`.
+pub fn runner(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runners")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.path().join("registry")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("dispatcher.toml")
+    }
+
+    /// Writes `dispatcher.toml`: registry and state dir in the temp dir, fast polling and
+    /// retries, then `extra` (pools, skill mapping, overrides of other sections).
+    pub fn config(&self, dispatcher: &str, extra: &str) -> &Env {
+        let text = format!(
+            "[dispatcher]\nstate_dir = \"state\"\npoll_interval = \"100ms\"\n{dispatcher}\n\n\
+             [task_registry]\ndir = \"registry\"\n\n{extra}\n"
+        );
+        fs::write(self.config_path(), text).expect("write config");
+        self
+    }
+
+    /// Writes a taskset the way NecroCode lays it out. `tasks` are partial task objects;
+    /// missing fields get NecroCode's values.
+    pub fn taskset(&self, spec: &str, tasks: &[Value]) -> &Env {
+        let tasks: Vec<Value> = tasks.iter().map(full_task).collect();
+        let doc = json!({
+            "spec_name": spec, "version": 1,
+            "created_at": "2026-11-29T09:00:00.000000", "updated_at": "2026-11-29T09:00:00.000000",
+            "tasks": tasks, "metadata": {}
+        });
+        self.write_taskset_raw(spec, &serde_json::to_string_pretty(&doc).unwrap());
+        self
+    }
+
+    pub fn write_taskset_raw(&self, spec: &str, text: &str) {
+        let dir = self.registry().join("tasksets").join(spec);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("taskset.json"), text).unwrap();
+    }
+
+    pub fn taskset_path(&self, spec: &str) -> PathBuf {
+        self.registry()
+            .join("tasksets")
+            .join(spec)
+            .join("taskset.json")
+    }
+
+    pub fn read_taskset(&self, spec: &str) -> Value {
+        let text = fs::read_to_string(self.taskset_path(spec)).expect("read taskset");
+        serde_json::from_str(&text).expect("taskset is JSON")
+    }
+
+    pub fn task(&self, spec: &str, id: &str) -> Value {
+        self.read_taskset(spec)["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no task {spec}/{id}"))
+    }
+
+    pub fn state_of(&self, spec: &str, id: &str) -> String {
+        self.task(spec, id)["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn events(&self, spec: &str) -> Vec<Value> {
+        let path = self
+            .registry()
+            .join("events")
+            .join(spec)
+            .join("events.jsonl");
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event line is JSON"))
+            .collect()
+    }
+
+    pub fn events_of_type(&self, spec: &str, event_type: &str) -> Vec<Value> {
+        self.events(spec)
+            .into_iter()
+            .filter(|e| e["event_type"] == event_type)
+            .collect()
+    }
+
+    /// The real binary in the temp dir, with a clean environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run dispatcher")
+    }
+
+    /// Starts `dispatcher run` (plus `args`) in the background; stderr goes to a file.
+    pub fn spawn_run(&self, args: &[&str]) -> Run {
+        let log = self.path().join(format!("dispatcher-{}.log", unique()));
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let child = self
+            .command(&full)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn dispatcher");
+        Run { child, log }
+    }
+
+    /// `dispatcher run --until-idle` to the end (at most `DEADLINE`).
+    pub fn run_until_idle(&self) -> (ExitStatus, String) {
+        let mut run = self.spawn_run(&["--until-idle"]);
+        let status = run.wait(DEADLINE);
+        (status, run.stderr())
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+fn full_task(partial: &Value) -> Value {
+    let mut task = json!({
+        "id": "", "title": "", "description": "", "state": "ready", "dependencies": [],
+        "required_skill": null, "priority": 0, "is_optional": false, "assigned_slot": null,
+        "reserved_branch": null, "runner_id": null, "artifacts": [], "metadata": {},
+        "created_at": "2026-11-29T09:00:00.000000", "updated_at": "2026-11-29T09:00:00.000000"
+    });
+    for (k, v) in partial.as_object().expect("task is an object") {
+        task[k] = v.clone();
+    }
+    if task["title"] == "" {
+        task["title"] = task["id"].clone();
+    }
+    task
+}
+
+/// A `dispatcher run` in the background.
+pub struct Run {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Run {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits for the process to exit; kills it and panics past the deadline.
+    pub fn wait(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "dispatcher did not exit in {deadline:?}; log:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` past `DEADLINE`.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether any process of ours still has `marker` in its command line.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(marker) {
+            found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
