@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use dispatcher::config::Config;
 use dispatcher::statedir::StateDir;
 use dispatcher::status::StatusReport;
-use dispatcher::Dispatcher;
+use dispatcher::{Dispatcher, RunOutcome};
 
 /// A configuration, lock or I/O error.
 pub const EXIT_ERROR: u8 = 1;
@@ -76,6 +76,13 @@ fn run(config: Config, until_idle: bool) -> anyhow::Result<u8> {
     })
     .context("cannot install the signal handler")?;
     let outcome = dispatcher.wait()?;
+    let summary = match outcome {
+        RunOutcome::AllDone => "idle: every task is done",
+        RunOutcome::SomeFailed => "idle: some tasks failed",
+        RunOutcome::NeverRunnable => "idle: some tasks can never run (see `dispatcher status`)",
+        RunOutcome::Drained => "stopped: drained",
+    };
+    log::info!("{summary}");
     Ok(outcome.exit_code())
 }
 
@@ -90,4 +97,21 @@ fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
         print!("{}", report.render());
     }
     Ok(0)
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message before it
+/// already ends with (the library's errors include their source in their own message).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     match cli::execute(&args) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("dispatcher: error: {err:#}");
+            eprintln!("dispatcher: error: {}", cli::describe(&err));
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

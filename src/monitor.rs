@@ -2,7 +2,7 @@
 //! the core each taskset whose file changed (by mtime, size and inode), and nothing else,
 //! so a poll's cost does not grow with tasksets that did not change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -96,13 +96,13 @@ fn scan(
                 && events.send(RegistryEvent::ScanDone).is_ok();
         }
     };
-    let mut seen = Vec::with_capacity(specs.len());
+    let mut seen = HashSet::with_capacity(specs.len());
     for spec in specs {
         // A fingerprint that cannot be read (bad name, permissions) is reported by load.
         let fingerprint = registry.fingerprint(&spec).ok().flatten();
         let unchanged =
             fingerprint.is_some() && known.get(&spec).is_some_and(|old| *old == fingerprint);
-        seen.push(spec.clone());
+        seen.insert(spec.clone());
         if unchanged {
             continue;
         }
@@ -120,7 +120,7 @@ fn scan(
     }
     let gone: Vec<String> = known
         .keys()
-        .filter(|spec| !seen.contains(spec))
+        .filter(|spec| !seen.contains(*spec))
         .cloned()
         .collect();
     for spec in gone {

@@ -111,7 +111,7 @@ pub enum RunnerEvent {
 
 /// The watchdog thread: its command sender and join handle.
 pub struct Watchdog {
-    commands: Sender<WatchCommand>,
+    commands: Option<Sender<WatchCommand>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -123,13 +123,14 @@ impl Watchdog {
             .spawn(move || Actor::new(events).run(&inbox))
             .expect("spawn watchdog thread");
         Watchdog {
-            commands,
+            commands: Some(commands),
             thread: Some(thread),
         }
     }
 
     pub fn send(&self, command: WatchCommand) {
-        if self.commands.send(command).is_err() {
+        let sent = self.commands.as_ref().map(|c| c.send(command));
+        if !matches!(sent, Some(Ok(()))) {
             log::error!("watchdog gone: command dropped");
         }
     }
@@ -138,8 +139,7 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         // Closing the channel tells the actor to stop what is left and finish.
-        let (closed, _) = crossbeam_channel::bounded(0);
-        self.commands = closed;
+        self.commands.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
