@@ -11,6 +11,9 @@ use dispatcher::registry::{Registry, Taskset};
 use dispatcher::{Config, Dispatcher};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Runners are started under a supervisor, which is this same program in a hidden mode:
+    // a program that embeds the dispatcher hands over to it first thing.
+    dispatcher::supervisor::run_if_requested();
     let dir = tempfile::tempdir()?;
     let mut config = Config::default_in(dir.path());
     config.task_registry.dir = dir.path().join("registry");
@@ -26,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             env: BTreeMap::new(),
             config: BTreeMap::new(),
             timeout: Some(Duration::from_secs(60)),
+            inherit_env: true,
+            pass_env: Vec::new(),
+            env_file: None,
         },
     );
     config

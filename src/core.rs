@@ -23,15 +23,18 @@ use crate::config::Config;
 use crate::launcher::{self, LaunchRequest};
 use crate::monitor::{Monitor, RegistryEvent};
 use crate::registry::{Event, EventLog, Registry, TaskState, Taskset};
+use crate::runner_env::RunnerFacts;
 use crate::scheduler::{self, PoolLoad, QueuedTask, TaskKey};
 use crate::statedir::{InstanceLock, StateDir};
 use crate::status::{
     self, DispatcherInfo, PoolStatus, RetryStatus, RunnerStatus, StatusReport, StuckStatus,
     TasksetStatus, UnroutableStatus,
 };
+use crate::supervisor::{Exit, Liveness, RunnerDir, StopReason};
+use crate::sys::PidFd;
 use crate::timefmt;
 use crate::view;
-use crate::watchdog::{Exit, Limits, RunnerEvent, StopReason, WatchCommand, Watchdog};
+use crate::watchdog::{RunnerEvent, Watch, WatchCommand, Watchdog};
 
 /// How often the status snapshot is refreshed while something changes.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -84,6 +87,8 @@ pub struct CoreParts {
     /// Held until the core ends: one dispatcher per state directory.
     pub lock: InstanceLock,
     pub control: Receiver<Control>,
+    pub watchdog: Watchdog,
+    pub runner_events: Receiver<RunnerEvent>,
 }
 
 struct PoolRuntime {
@@ -103,7 +108,9 @@ struct SpecState {
 struct Running {
     key: TaskKey,
     runner_id: String,
-    pool: usize,
+    /// `None` for an adopted runner whose pool is no longer configured.
+    pool: Option<usize>,
+    adopted: bool,
     attempt: u32,
     pid: Option<u32>,
     title: String,
@@ -139,7 +146,8 @@ pub struct Core {
     started_at: String,
     run_prefix: String,
     runner_seq: u64,
-    limits: Limits,
+    heartbeat_timeout: Option<Duration>,
+    watchdog: Option<Watchdog>,
 
     pools: Vec<PoolRuntime>,
     routes: HashMap<Option<String>, Arc<[usize]>>,
@@ -184,11 +192,8 @@ impl Core {
             .collect();
         let heartbeat = config.dispatcher.heartbeat_timeout;
         Core {
-            limits: Limits {
-                timeout: None,
-                heartbeat_timeout: (!heartbeat.is_zero()).then_some(heartbeat),
-                stop_grace: config.dispatcher.stop_grace_period,
-            },
+            heartbeat_timeout: (!heartbeat.is_zero()).then_some(heartbeat),
+            watchdog: None,
             queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
             registry,
             events,
@@ -223,13 +228,13 @@ impl Core {
     /// watchdog threads and joins them before returning.
     pub fn run(mut self, parts: CoreParts) -> RunOutcome {
         let (registry_tx, registry_rx) = crossbeam_channel::unbounded();
-        let (runner_tx, runner_rx) = crossbeam_channel::unbounded();
         let monitor = Monitor::spawn(
             self.registry.clone(),
             self.config.dispatcher.poll_interval,
             registry_tx,
         );
-        let watchdog = Watchdog::spawn(runner_tx);
+        self.watchdog = Some(parts.watchdog);
+        let runner_rx = parts.runner_events;
         let control = parts.control;
         let mut control_open = true;
         log::info!(
@@ -249,7 +254,7 @@ impl Core {
             // runner exits (they free capacity), then registry changes.
             select_biased! {
                 recv(control) -> msg => match msg {
-                    Ok(msg) => self.on_control(msg, &watchdog),
+                    Ok(msg) => self.on_control(msg),
                     Err(_) => {
                         if control_open {
                             log::debug!("control peer gone");
@@ -267,9 +272,9 @@ impl Core {
                 },
                 default(timeout) => {}
             }
-            self.on_timers(&watchdog);
+            self.on_timers();
             self.retry_pending();
-            self.schedule(&watchdog);
+            self.schedule();
             self.publish(false);
             if let Some(outcome) = self.finished() {
                 break outcome;
@@ -280,7 +285,7 @@ impl Core {
             }
         };
         drop(monitor);
-        drop(watchdog);
+        self.watchdog.take();
         self.publish(true);
         drop(parts.lock);
         outcome
@@ -306,7 +311,7 @@ impl Core {
 
     // ----- messages -------------------------------------------------------------------
 
-    fn on_control(&mut self, msg: Control, watchdog: &Watchdog) {
+    fn on_control(&mut self, msg: Control) {
         match msg {
             Control::Status(reply) => {
                 let _ = reply.send(self.report());
@@ -331,9 +336,8 @@ impl Core {
                 }
                 drain.stopping = true;
                 drain.deadline = Instant::now();
-                watchdog.send(WatchCommand::StopAll {
+                self.send_watchdog(WatchCommand::StopAll {
                     reason: StopReason::Interrupted,
-                    grace: None,
                 });
             }
         }
@@ -356,7 +360,7 @@ impl Core {
         });
     }
 
-    fn on_timers(&mut self, watchdog: &Watchdog) {
+    fn on_timers(&mut self) {
         if let Some(drain) = &mut self.drain {
             if !drain.stopping && Instant::now() >= drain.deadline {
                 drain.stopping = true;
@@ -366,9 +370,8 @@ impl Core {
                         self.running.len()
                     );
                 }
-                watchdog.send(WatchCommand::StopAll {
+                self.send_watchdog(WatchCommand::StopAll {
                     reason: StopReason::Interrupted,
-                    grace: None,
                 });
             }
         }
@@ -395,12 +398,19 @@ impl Core {
                     run.last_heartbeat = Some(timefmt::format(timefmt::from_system(at)));
                 }
             }
+            RunnerEvent::Pid { runner_id, pid } => {
+                if let Some(run) = self.running.get_mut(&runner_id) {
+                    run.pid = Some(pid);
+                }
+            }
             RunnerEvent::Exited(exit) => {
                 let Some(run) = self.running.remove(&exit.runner_id) else {
                     log::warn!("exit of unknown runner {}", exit.runner_id);
                     return;
                 };
-                self.pools[run.pool].running -= 1;
+                if let Some(pool) = run.pool {
+                    self.pools[pool].running -= 1;
+                }
                 self.record_finish(Finish { run, exit });
             }
         }
@@ -584,7 +594,7 @@ impl Core {
             self.promote_unblocked(spec);
         }
         for key in lost {
-            self.recover_lost(key);
+            self.recover_claimed(&key);
         }
     }
 
@@ -632,9 +642,11 @@ impl Core {
         }
     }
 
-    /// A task this dispatcher's state dir claimed, but which no runner of ours holds: the
-    /// previous dispatcher on this state dir died. The attempt counts as failed.
-    fn recover_lost(&mut self, key: TaskKey) {
+    /// A task this dispatcher's state dir claimed that no runner of ours holds: a previous
+    /// dispatcher on this state dir stopped while it ran. Its runner directory decides:
+    /// supervisor alive → adopt it; exit recorded → finish the task as it says; neither →
+    /// the attempt is lost (it counts) and the task is retried with backoff.
+    fn recover_claimed(&mut self, key: &TaskKey) {
         let Some(taskset) = self.specs.get(&*key.spec).and_then(|s| s.taskset.clone()) else {
             return;
         };
@@ -642,47 +654,90 @@ impl Core {
             return;
         };
         let meta = task.dispatcher_meta();
-        log::warn!(
-            "task {key} was left running by a previous dispatcher on this state dir (runner {}); counting the attempt as lost",
-            meta.runner_id.as_deref().unwrap_or("?")
-        );
+        let runner_id = task
+            .runner_id
+            .clone()
+            .or(meta.runner_id.clone())
+            .unwrap_or_default();
         let pool = meta
             .pool
             .as_deref()
             .and_then(|name| self.pools.iter().position(|p| p.name == name));
-        let run = Running {
-            runner_id: task
-                .runner_id
-                .clone()
-                .or(meta.runner_id.clone())
-                .unwrap_or_default(),
+        let mut run = Running {
+            runner_id: runner_id.clone(),
             key: key.clone(),
-            pool: pool.unwrap_or(usize::MAX),
+            pool,
+            adopted: true,
             attempt: meta.attempts,
             pid: None,
             title: task.title.clone(),
             started_at: meta.started_at.clone().unwrap_or_default(),
             started: Instant::now(),
-            log_path: PathBuf::new(),
+            log_path: self.state.attempt_log(&key.spec, &key.id, meta.attempts),
             last_heartbeat: None,
         };
-        self.claimed.insert(key, run.runner_id.clone());
-        let exit = Exit {
-            runner_id: run.runner_id.clone(),
-            exit_code: None,
-            signal: None,
-            stopped: None,
-            duration: Duration::ZERO,
+        self.claimed.insert(key.clone(), runner_id.clone());
+        let dir = match crate::names::validate("runner id", &runner_id) {
+            Ok(()) => Some(RunnerDir::new(self.state.runner_dir(&runner_id))),
+            Err(_) => None,
         };
-        let finish = Finish { run, exit };
-        self.events.append(&[Event::new(
-            "RunnerLost",
-            &finish.run.key.spec,
-            Some(&finish.run.key.id),
-        )
-        .with("runner_id", finish.run.runner_id.as_str())
-        .with("attempt", finish.run.attempt)]);
-        self.record_finish(finish);
+        let liveness = dir.as_ref().map_or(Liveness::Lost, RunnerDir::liveness);
+        match liveness {
+            Liveness::Alive => {
+                let dir = dir.expect("alive runners have a directory");
+                let info = dir.read_supervisor();
+                run.pid = info.as_ref().map(|i| i.runner_pid);
+                if let Ok(record) = dir.read_record() {
+                    run.started_at = record.created_at;
+                    run.log_path = record.log_path;
+                }
+                log::info!(
+                    "adopting runner {runner_id} of {key} (attempt {}), still running",
+                    run.attempt
+                );
+                self.events
+                    .append(&[Event::new("RunnerAdopted", &key.spec, Some(&key.id))
+                        .with("runner_id", runner_id.as_str())
+                        .with("attempt", run.attempt)
+                        .with("pid", json!(run.pid))]);
+                let pidfd = info.and_then(|i| PidFd::open(i.supervisor_pid).ok());
+                // The pid was read from a file: only trust the descriptor if the lock still
+                // says the supervisor lives (a live process's pid cannot have been reused).
+                let pidfd = pidfd.filter(|_| matches!(dir.liveness(), Liveness::Alive));
+                self.send_watchdog(WatchCommand::Watch(Box::new(Watch {
+                    runner_id: runner_id.clone(),
+                    heartbeat_path: dir.path().join("heartbeat"),
+                    dir,
+                    supervisor: None,
+                    pidfd,
+                    log_path: run.log_path.clone(),
+                })));
+                if let Some(pool) = pool {
+                    self.pools[pool].running += 1;
+                }
+                self.running.insert(runner_id, run);
+            }
+            Liveness::Exited(exit) => {
+                log::info!(
+                    "runner {runner_id} of {key} ended while no dispatcher ran; recording it"
+                );
+                self.record_finish(Finish { run, exit });
+            }
+            Liveness::Lost => {
+                log::warn!(
+                    "task {key} was left running by a previous dispatcher and its runner {runner_id} is gone; the attempt counts as lost"
+                );
+                self.events
+                    .append(&[Event::new("RunnerLost", &key.spec, Some(&key.id))
+                        .with("runner_id", runner_id.as_str())
+                        .with("attempt", run.attempt)]);
+                let exit = Exit::without_status(
+                    &runner_id,
+                    "runner lost: its dispatcher stopped and no exit status was recorded".into(),
+                );
+                self.record_finish(Finish { run, exit });
+            }
+        }
     }
 
     fn write_failed(&mut self, spec: &str, error: &str) {
@@ -777,6 +832,10 @@ impl Core {
         };
         self.claimed.remove(&key);
         self.events.append(&finish_events(&finish, &verdict));
+        // The registry now says how the attempt ended; the runner's files have served.
+        if crate::names::validate("runner id", &finish.run.runner_id).is_ok() {
+            let _ = std::fs::remove_dir_all(self.state.runner_dir(&finish.run.runner_id));
+        }
         log_verdict(&finish, &verdict);
         if !matches!(verdict, Verdict::Gone) {
             self.refresh_spec(&key.spec, Arc::new(taskset));
@@ -785,7 +844,7 @@ impl Core {
 
     // ----- scheduling -----------------------------------------------------------------
 
-    fn schedule(&mut self, watchdog: &Watchdog) {
+    fn schedule(&mut self) {
         if self.drain.is_some() || !self.scanned || self.queue.is_empty() {
             return;
         }
@@ -818,7 +877,7 @@ impl Core {
                 .push((key, pool));
         }
         for (spec, picks) in by_spec {
-            self.claim_and_launch(&spec, picks, watchdog);
+            self.claim_and_launch(&spec, picks);
         }
     }
 
@@ -831,7 +890,7 @@ impl Core {
     }
 
     /// Claims one spec's picks in a single write, then starts their runners.
-    fn claim_and_launch(&mut self, spec: &str, picks: Vec<(TaskKey, usize)>, watchdog: &Watchdog) {
+    fn claim_and_launch(&mut self, spec: &str, picks: Vec<(TaskKey, usize)>) {
         let picks: Vec<(TaskKey, usize, String)> = picks
             .into_iter()
             .map(|(key, pool)| {
@@ -902,7 +961,13 @@ impl Core {
         self.events.append(&events);
         for (key, pool, runner_id, attempt) in claimed {
             let task = taskset.task(&key.id).expect("claimed task exists");
-            self.launch(&key, task, pool, runner_id, attempt, watchdog);
+            self.launch(&key, task, pool, runner_id, attempt);
+        }
+    }
+
+    fn send_watchdog(&self, command: WatchCommand) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.send(command);
         }
     }
 
@@ -913,29 +978,36 @@ impl Core {
         pool: usize,
         runner_id: String,
         attempt: u32,
-        watchdog: &Watchdog,
     ) {
         let pool_name = self.pools[pool].name.clone();
         let pool_config = &self.config.agent_pools[&pool_name];
         let workdir = self.state.scratch_dir(&key.spec, &key.id);
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
-        let runner_dir = self.state.runner_dir(&runner_id);
+        let runner_dir = RunnerDir::new(self.state.runner_dir(&runner_id));
         let request = LaunchRequest {
-            runner_id: &runner_id,
-            pool_name: &pool_name,
-            pool: pool_config,
-            spec: &key.spec,
-            task,
-            attempt,
-            workdir: &workdir,
+            facts: RunnerFacts {
+                runner_id: &runner_id,
+                pool_name: &pool_name,
+                pool: pool_config,
+                spec: &key.spec,
+                task,
+                attempt,
+                workdir: &workdir,
+                repo_url: None,
+            },
             log_path: &log_path,
             runner_dir: &runner_dir,
+            owner: &self.owner,
+            heartbeat_timeout: self.heartbeat_timeout,
+            stop_grace: self.config.dispatcher.stop_grace_period,
+            max_log_bytes: self.config.dispatcher.max_log_bytes,
         };
         let started = launcher::launch(&request);
-        let mut run = Running {
+        let run = Running {
             key: key.clone(),
             runner_id: runner_id.clone(),
-            pool,
+            pool: Some(pool),
+            adopted: false,
             attempt,
             pid: None,
             title: task.title.clone(),
@@ -945,36 +1017,32 @@ impl Core {
             last_heartbeat: None,
         };
         match started {
-            Ok(process) => {
-                run.pid = Some(process.pid);
+            Ok(launched) => {
+                let supervisor_pid = launched.supervisor.id();
                 log::info!(
-                    "started {key} attempt {attempt} on pool {pool_name} (runner {runner_id}, pid {})",
-                    process.pid
+                    "started {key} attempt {attempt} on pool {pool_name} (runner {runner_id}, supervisor pid {supervisor_pid})"
                 );
                 self.events
                     .append(&[Event::new("RunnerStarted", &key.spec, Some(&key.id))
                         .with("runner_id", runner_id.as_str())
                         .with("pool", pool_name.as_str())
                         .with("attempt", attempt)
-                        .with("pid", process.pid)
+                        .with("supervisor_pid", supervisor_pid)
                         .with("log_file", log_path.display().to_string())]);
-                let limits = Limits {
-                    timeout: pool_config.timeout,
-                    ..self.limits
-                };
-                watchdog.send(WatchCommand::Watch(Box::new(process), limits));
+                self.send_watchdog(WatchCommand::Watch(Box::new(Watch {
+                    runner_id: runner_id.clone(),
+                    dir: launched.dir,
+                    supervisor: Some(launched.supervisor),
+                    pidfd: Some(launched.pidfd),
+                    log_path: launched.log_path,
+                    heartbeat_path: launched.heartbeat_path,
+                })));
                 self.pools[pool].running += 1;
                 self.running.insert(runner_id, run);
             }
             Err(err) => {
                 log::error!("task {key}: {err}");
-                let exit = Exit {
-                    runner_id,
-                    exit_code: None,
-                    signal: None,
-                    stopped: None,
-                    duration: Duration::ZERO,
-                };
+                let exit = Exit::without_status(&runner_id, err.to_string());
                 self.record_finish(Finish { run, exit });
             }
         }
@@ -1124,7 +1192,8 @@ impl Core {
                 spec: r.key.spec.to_string(),
                 task_id: r.key.id.to_string(),
                 title: r.title.clone(),
-                pool: Some(self.pools[r.pool].name.clone()),
+                pool: r.pool.map(|p| self.pools[p].name.clone()),
+                adopted: r.adopted,
                 pid: r.pid,
                 attempt: r.attempt,
                 started_at: Some(r.started_at.clone()),
@@ -1224,7 +1293,7 @@ fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
     let exit = &finish.exit;
     let (spec, id) = (&*run.key.spec, Some(&*run.key.id));
     let mut events = Vec::new();
-    if run.pid.is_some() {
+    if exit.error.is_none() {
         events.push(
             Event::new("RunnerFinished", spec, id)
                 .with("runner_id", run.runner_id.as_str())
@@ -1232,7 +1301,7 @@ fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
                 .with("outcome", exit.outcome())
                 .with("exit_code", json!(exit.exit_code))
                 .with("signal", json!(exit.signal))
-                .with("duration_seconds", exit.duration.as_secs_f64()),
+                .with("duration_seconds", exit.duration_seconds),
         );
     }
     if let Some(reason @ (StopReason::TimedOut | StopReason::HeartbeatLost)) = exit.stopped {
@@ -1254,7 +1323,7 @@ fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
                 base("TaskCompleted")
                     .with("old_state", "running")
                     .with("new_state", "done")
-                    .with("duration_seconds", exit.duration.as_secs_f64()),
+                    .with("duration_seconds", exit.duration_seconds),
             );
             for dependent in unblocked {
                 events.push(

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::core::{Control, Core, CoreParts, RunOutcome};
 use crate::statedir::{StateDir, StateDirError};
 use crate::status::StatusReport;
+use crate::watchdog::Watchdog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -23,6 +24,8 @@ pub enum DispatchError {
     NotRunning,
     #[error("the core thread panicked")]
     CorePanicked,
+    #[error("cannot start a dispatcher thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A dispatcher over one registry and one state directory.
@@ -85,9 +88,13 @@ impl Dispatcher {
         let lock = state.lock()?;
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let core = Core::new(self.config.clone(), state, self.until_idle);
+        let (runner_tx, runner_events) = crossbeam_channel::unbounded();
+        let watchdog = Watchdog::spawn(runner_tx).map_err(DispatchError::Thread)?;
         let parts = CoreParts {
             lock,
             control: control_rx,
+            watchdog,
+            runner_events,
         };
         let core = thread::Builder::new()
             .name("core".into())

@@ -73,6 +73,9 @@ pub struct RunnerStatus {
     pub runtime_seconds: Option<f64>,
     pub last_heartbeat: Option<String>,
     pub log_file: Option<String>,
+    /// Started by an earlier dispatcher and taken over by this one.
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -198,6 +201,7 @@ impl StatusReport {
                             runtime_seconds: None,
                             last_heartbeat: None,
                             log_file: None,
+                            adopted: false,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {

@@ -1,103 +1,51 @@
-//! The runner watchdog: one thread that owns every running child process, notices exits,
-//! heartbeats and timeouts, and stops runners (TERM to the group, KILL after a grace period).
+//! The runner watchdog: one thread that watches every runner's supervisor (started by us or
+//! adopted after a restart), reports each runner's end exactly once, relays stop requests,
+//! and notices signs of life for `status`.
 //!
-//! The core hands a started [`RunnerProcess`] over with [`WatchCommand::Watch`] and gets back
-//! exactly one [`RunnerEvent::Exited`] per runner, after the process has been reaped.
+//! It sleeps in `poll(2)` on one process-exit descriptor (pidfd) per supervisor plus a wake
+//! pipe for commands, so an exit is seen at once and an idle dispatcher does not spin. The
+//! supervisors themselves enforce timeouts and heartbeats, so they keep doing it while the
+//! dispatcher is gone.
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::launcher::{self, RunnerProcess};
+use crate::supervisor::{Exit, Liveness, RunnerDir, StopReason};
+use crate::sys::{self, PidFd, WakePipe};
 
-/// How often exits are polled. Runners are long-lived, but a short task's turnaround
-/// matters too; a `try_wait` per runner per tick is a cheap syscall.
-const EXIT_POLL: Duration = Duration::from_millis(20);
-/// How often heartbeat files and logs are looked at (two `stat`s per runner).
-const HEARTBEAT_POLL: Duration = Duration::from_millis(500);
+/// How often logs and heartbeat files are looked at for `status`, and adopted runners
+/// without a pidfd are checked.
+const LOOK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the dispatcher stopped a runner; decides how its attempt is counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The pool's execution `timeout` passed.
-    TimedOut,
-    /// No heartbeat for `heartbeat_timeout`.
-    HeartbeatLost,
-    /// The dispatcher is draining; the attempt is not counted.
-    Interrupted,
-}
-
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::TimedOut => "timed_out",
-            StopReason::HeartbeatLost => "heartbeat_lost",
-            StopReason::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// Limits the watchdog enforces for one runner.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub timeout: Option<Duration>,
-    /// `None` disables the heartbeat check.
-    pub heartbeat_timeout: Option<Duration>,
-    pub stop_grace: Duration,
+/// A runner to watch.
+pub struct Watch {
+    pub runner_id: String,
+    pub dir: RunnerDir,
+    /// Our child when we started the supervisor (reaped here); `None` when adopted.
+    pub supervisor: Option<Child>,
+    /// `None` when an adopted supervisor's pid is not known yet.
+    pub pidfd: Option<PidFd>,
+    pub log_path: PathBuf,
+    pub heartbeat_path: PathBuf,
 }
 
 pub enum WatchCommand {
-    Watch(Box<RunnerProcess>, Limits),
+    Watch(Box<Watch>),
     Stop {
         runner_id: String,
         reason: StopReason,
     },
     StopAll {
         reason: StopReason,
-        grace: Option<Duration>,
     },
-}
-
-/// How an attempt ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exit {
-    pub runner_id: String,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    /// Set when the dispatcher stopped the runner.
-    pub stopped: Option<StopReason>,
-    pub duration: Duration,
-}
-
-impl Exit {
-    pub fn succeeded(&self) -> bool {
-        self.stopped.is_none() && self.exit_code == Some(0)
-    }
-
-    /// One word for metrics, events and logs.
-    pub fn outcome(&self) -> &'static str {
-        match self.stopped {
-            Some(reason) => reason.as_str(),
-            None if self.exit_code == Some(0) => "succeeded",
-            None => "failed",
-        }
-    }
-
-    /// A human description of a failure, for `last_error`.
-    pub fn describe(&self) -> String {
-        match (self.stopped, self.exit_code, self.signal) {
-            (Some(StopReason::TimedOut), ..) => "execution timeout exceeded".to_string(),
-            (Some(StopReason::HeartbeatLost), ..) => "no heartbeat within heartbeat_timeout".into(),
-            (Some(StopReason::Interrupted), ..) => "interrupted by dispatcher shutdown".into(),
-            (None, Some(code), _) => format!("exited with code {code}"),
-            (None, None, Some(signal)) => format!("killed by signal {signal}"),
-            (None, None, None) => "ended without an exit status".into(),
-        }
-    }
 }
 
 pub enum RunnerEvent {
@@ -107,30 +55,40 @@ pub enum RunnerEvent {
         runner_id: String,
         at: SystemTime,
     },
+    /// The runner process's pid, once its supervisor has reported it.
+    Pid {
+        runner_id: String,
+        pid: u32,
+    },
 }
 
-/// The watchdog thread: its command sender and join handle.
+/// The watchdog thread: its command sender, its wake pipe and its join handle.
 pub struct Watchdog {
     commands: Option<Sender<WatchCommand>>,
+    wake: Arc<WakePipe>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
-    pub fn spawn(events: Sender<RunnerEvent>) -> Watchdog {
+    pub fn spawn(events: Sender<RunnerEvent>) -> std::io::Result<Watchdog> {
         let (commands, inbox) = crossbeam_channel::unbounded();
+        let wake = Arc::new(WakePipe::new()?);
+        let actor_wake = wake.clone();
         let thread = thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || Actor::new(events).run(&inbox))
-            .expect("spawn watchdog thread");
-        Watchdog {
+            .spawn(move || Actor::new(events).run(&inbox, &actor_wake))?;
+        Ok(Watchdog {
             commands: Some(commands),
+            wake,
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn send(&self, command: WatchCommand) {
         let sent = self.commands.as_ref().map(|c| c.send(command));
-        if !matches!(sent, Some(Ok(()))) {
+        if matches!(sent, Some(Ok(()))) {
+            self.wake.wake();
+        } else {
             log::error!("watchdog gone: command dropped");
         }
     }
@@ -138,8 +96,10 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        // Closing the channel tells the actor to stop what is left and finish.
+        // Closing the channel ends the actor. Runners it still watched keep running under
+        // their supervisors, to be adopted by the next dispatcher.
         self.commands.take();
+        self.wake.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -147,24 +107,18 @@ impl Drop for Watchdog {
 }
 
 struct Watched {
-    process: RunnerProcess,
-    limits: Limits,
-    last_heartbeat: Instant,
+    watch: Watch,
+    /// A stop that could not be signalled yet (adopted, supervisor pid not known).
+    pending_stop: Option<StopReason>,
+    pid_reported: bool,
     log_size: u64,
     heartbeat_mtime: Option<SystemTime>,
-    stopping: Option<Stopping>,
-}
-
-struct Stopping {
-    reason: StopReason,
-    kill_at: Instant,
-    killed: bool,
 }
 
 struct Actor {
     events: Sender<RunnerEvent>,
     runners: HashMap<String, Watched>,
-    last_heartbeat_check: Instant,
+    last_look: Instant,
 }
 
 impl Actor {
@@ -172,186 +126,162 @@ impl Actor {
         Actor {
             events,
             runners: HashMap::new(),
-            last_heartbeat_check: Instant::now(),
+            last_look: Instant::now(),
         }
     }
 
-    fn run(mut self, inbox: &Receiver<WatchCommand>) {
-        let ticker = tick(EXIT_POLL);
-        let mut open = true;
+    fn run(mut self, inbox: &Receiver<WatchCommand>, wake: &WakePipe) {
         loop {
-            if open {
-                select! {
-                    recv(inbox) -> command => match command {
-                        Ok(command) => self.handle(command),
-                        Err(_) => {
-                            open = false;
-                            if !self.runners.is_empty() {
-                                log::warn!("core gone: stopping {} runners", self.runners.len());
-                            }
-                            self.stop_all(StopReason::Interrupted, None);
+            loop {
+                match inbox.try_recv() {
+                    Ok(command) => self.handle(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        if !self.runners.is_empty() {
+                            log::info!(
+                                "leaving {} runners to their supervisors",
+                                self.runners.len()
+                            );
                         }
-                    },
-                    recv(ticker) -> _ => self.check(),
+                        return;
+                    }
                 }
-            } else {
-                if self.runners.is_empty() {
-                    return;
-                }
-                let _ = ticker.recv();
-                self.check();
             }
+            if self.last_look.elapsed() >= LOOK_INTERVAL {
+                self.look();
+                self.last_look = Instant::now();
+            }
+            // One descriptor per supervisor: readable once it has exited.
+            let mut ids: Vec<String> = Vec::with_capacity(self.runners.len());
+            let mut fds: Vec<RawFd> = vec![wake.as_raw_fd()];
+            for (id, watched) in &self.runners {
+                if let Some(pidfd) = &watched.watch.pidfd {
+                    ids.push(id.clone());
+                    fds.push(pidfd.as_raw_fd());
+                }
+            }
+            let wait = LOOK_INTERVAL.saturating_sub(self.last_look.elapsed());
+            match sys::poll_readable(&fds, Some(wait)) {
+                Ok(ready) => {
+                    for (id, _) in ids.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+                        self.finish(id);
+                    }
+                }
+                Err(err) => {
+                    log::error!("watchdog cannot wait for runners: {err}");
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+            wake.drain();
         }
     }
 
     fn handle(&mut self, command: WatchCommand) {
         match command {
-            WatchCommand::Watch(process, limits) => {
-                let log_size = file_size(&process.log_path);
-                let heartbeat_mtime = mtime(&process.heartbeat_path);
+            WatchCommand::Watch(watch) => {
+                let log_size = file_size(&watch.log_path);
+                let heartbeat_mtime = mtime(&watch.heartbeat_path);
                 self.runners.insert(
-                    process.runner_id.clone(),
+                    watch.runner_id.clone(),
                     Watched {
-                        process: *process,
-                        limits,
-                        last_heartbeat: Instant::now(),
+                        watch: *watch,
+                        pending_stop: None,
+                        pid_reported: false,
                         log_size,
                         heartbeat_mtime,
-                        stopping: None,
                     },
                 );
             }
             WatchCommand::Stop { runner_id, reason } => {
                 if let Some(watched) = self.runners.get_mut(&runner_id) {
-                    begin_stop(watched, reason, None);
+                    request_stop(watched, reason);
                 }
             }
-            WatchCommand::StopAll { reason, grace } => self.stop_all(reason, grace),
+            WatchCommand::StopAll { reason } => {
+                for watched in self.runners.values_mut() {
+                    request_stop(watched, reason);
+                }
+            }
         }
     }
 
-    fn stop_all(&mut self, reason: StopReason, grace: Option<Duration>) {
-        for watched in self.runners.values_mut() {
-            begin_stop(watched, reason, grace);
+    fn finish(&mut self, id: &str) {
+        let Some(mut watched) = self.runners.remove(id) else {
+            return;
+        };
+        if let Some(child) = &mut watched.watch.supervisor {
+            // Reap our child so no zombie is left behind.
+            let _ = child.wait();
+        }
+        let exit = watched.watch.dir.read_exit().unwrap_or_else(|| {
+            Exit::without_status(
+                id,
+                "the runner's supervisor ended without recording an exit status".into(),
+            )
+        });
+        if self.events.send(RunnerEvent::Exited(exit)).is_err() {
+            log::warn!("core gone: end of runner {id} not reported");
         }
     }
 
-    fn check(&mut self) {
-        let now = Instant::now();
-        let check_heartbeats = now.duration_since(self.last_heartbeat_check) >= HEARTBEAT_POLL;
-        if check_heartbeats {
-            self.last_heartbeat_check = now;
-        }
-        let mut exited = Vec::new();
+    /// Once a second: signs of life, runner pids, and adopted runners known only by lock.
+    fn look(&mut self) {
+        let mut gone = Vec::new();
         for (id, watched) in &mut self.runners {
-            match watched.process.child.try_wait() {
-                Ok(Some(status)) => {
-                    exited.push((id.clone(), status));
-                    continue;
+            if watched.watch.pidfd.is_none() {
+                match watched.watch.dir.liveness() {
+                    Liveness::Alive => {
+                        watched.watch.pidfd = watched
+                            .watch
+                            .dir
+                            .read_supervisor()
+                            .and_then(|info| PidFd::open(info.supervisor_pid).ok());
+                        if let Some(reason) = watched.pending_stop.take() {
+                            request_stop(watched, reason);
+                        }
+                    }
+                    Liveness::Exited(_) | Liveness::Lost => gone.push(id.clone()),
                 }
-                Ok(None) => {}
-                Err(err) => log::warn!("cannot poll runner {id}: {err}"),
             }
-            if let Some(stopping) = &mut watched.stopping {
-                if !stopping.killed && now >= stopping.kill_at {
-                    log::warn!(
-                        "runner {id} (pid {}) ignored SIGTERM; sending SIGKILL",
-                        watched.process.pid
-                    );
-                    launcher::signal_group(watched.process.pid, libc::SIGKILL);
-                    stopping.killed = true;
-                }
-                continue;
-            }
-            if check_heartbeats {
-                if let Some(at) = watched.observe_heartbeat() {
-                    let _ = self.events.send(RunnerEvent::Heartbeat {
+            if !watched.pid_reported {
+                if let Some(info) = watched.watch.dir.read_supervisor() {
+                    watched.pid_reported = true;
+                    let _ = self.events.send(RunnerEvent::Pid {
                         runner_id: id.clone(),
-                        at,
+                        pid: info.runner_pid,
                     });
                 }
             }
-            if let Some(reason) = watched.limit_exceeded(now) {
-                log::warn!(
-                    "runner {id} (pid {}) {}; stopping it",
-                    watched.process.pid,
-                    match reason {
-                        StopReason::TimedOut => "exceeded its execution timeout",
-                        _ => "sent no heartbeat within heartbeat_timeout",
-                    }
-                );
-                begin_stop(watched, reason, None);
+            let size = file_size(&watched.watch.log_path);
+            let touched = mtime(&watched.watch.heartbeat_path);
+            if size != watched.log_size || touched != watched.heartbeat_mtime {
+                watched.log_size = size;
+                watched.heartbeat_mtime = touched;
+                let _ = self.events.send(RunnerEvent::Heartbeat {
+                    runner_id: id.clone(),
+                    at: SystemTime::now(),
+                });
             }
         }
-        for (id, status) in exited {
-            let watched = self.runners.remove(&id).expect("exited runner is watched");
-            // Children the runner left behind belong to the finished attempt; nothing may
-            // keep running in its name.
-            if launcher::group_alive(watched.process.pid) {
-                launcher::signal_group(watched.process.pid, libc::SIGKILL);
-            }
-            let (exit_code, signal) = launcher::describe_exit(status);
-            let exit = Exit {
-                runner_id: id,
-                exit_code,
-                signal,
-                stopped: watched.stopping.as_ref().map(|s| s.reason),
-                duration: watched.process.started.elapsed(),
-            };
-            if self.events.send(RunnerEvent::Exited(exit)).is_err() {
-                log::warn!("core gone: runner exit not reported");
-            }
+        for id in gone {
+            self.finish(&id);
         }
     }
 }
 
-impl Watched {
-    /// Returns the time of a new sign of life, if the log grew or the heartbeat file
-    /// was touched since the last look.
-    fn observe_heartbeat(&mut self) -> Option<SystemTime> {
-        let size = file_size(&self.process.log_path);
-        let touched = mtime(&self.process.heartbeat_path);
-        let alive = size != self.log_size || touched != self.heartbeat_mtime;
-        self.log_size = size;
-        self.heartbeat_mtime = touched;
-        if alive {
-            self.last_heartbeat = Instant::now();
-            Some(SystemTime::now())
-        } else {
-            None
-        }
+/// Records the reason, then wakes the supervisor with SIGTERM; it relays TERM to the
+/// runner's group and KILL after the grace period.
+fn request_stop(watched: &mut Watched, reason: StopReason) {
+    let watch = &watched.watch;
+    if let Err(err) = watch.dir.request_stop(reason) {
+        log::warn!(
+            "cannot record the stop reason of runner {}: {err}",
+            watch.runner_id
+        );
     }
-
-    fn limit_exceeded(&self, now: Instant) -> Option<StopReason> {
-        if let Some(timeout) = self.limits.timeout {
-            if now.duration_since(self.process.started) >= timeout {
-                return Some(StopReason::TimedOut);
-            }
-        }
-        if let Some(timeout) = self.limits.heartbeat_timeout {
-            if now.duration_since(self.last_heartbeat) >= timeout {
-                return Some(StopReason::HeartbeatLost);
-            }
-        }
-        None
-    }
-}
-
-fn begin_stop(watched: &mut Watched, reason: StopReason, grace: Option<Duration>) {
-    let grace = grace.unwrap_or(watched.limits.stop_grace);
-    match &mut watched.stopping {
-        // A second, more urgent stop (a second Ctrl-C) shortens the grace period.
-        Some(stopping) => {
-            stopping.kill_at = stopping.kill_at.min(Instant::now() + grace);
-        }
-        None => {
-            launcher::signal_group(watched.process.pid, libc::SIGTERM);
-            watched.stopping = Some(Stopping {
-                reason,
-                kill_at: Instant::now() + grace,
-                killed: false,
-            });
-        }
+    match &watch.pidfd {
+        Some(pidfd) => pidfd.signal(libc::SIGTERM),
+        None => watched.pending_stop = Some(reason),
     }
 }
 

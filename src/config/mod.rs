@@ -39,6 +39,8 @@ pub struct DispatcherSettings {
     /// Time between TERM and KILL when stopping a runner.
     pub stop_grace_period: Duration,
     pub state_dir: PathBuf,
+    /// An attempt's log is cut at this size, with a marker; `None` keeps everything.
+    pub max_log_bytes: Option<u64>,
 }
 
 /// The order in which ready tasks are started.
@@ -109,6 +111,14 @@ pub struct PoolConfig {
     pub config: BTreeMap<String, String>,
     /// Execution timeout; `None` (or zero in the file) means no limit.
     pub timeout: Option<Duration>,
+    /// Whether runners get the dispatcher's own environment; when false only `pass_env`
+    /// names are passed on.
+    pub inherit_env: bool,
+    /// Variables of the dispatcher's environment passed on when `inherit_env` is false.
+    pub pass_env: Vec<String>,
+    /// A file of `KEY=value` lines (secrets) added to the runner's environment, read at
+    /// each launch, never logged or written to status, events or TASK_CONTEXT.
+    pub env_file: Option<PathBuf>,
 }
 
 /// How a pool runs its agents.
@@ -160,6 +170,10 @@ fn render_invalid(path: &Path, line: Option<usize>, key: &str, message: &str) ->
     text
 }
 
+/// 100 MiB: an agent's whole transcript fits; a runaway loop printing forever does not fill
+/// the disk.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 100 << 20;
+
 const SECTIONS: &[&str] = &[
     "dispatcher",
     "retry",
@@ -175,6 +189,7 @@ const DISPATCHER_KEYS: &[&str] = &[
     "graceful_shutdown_timeout",
     "stop_grace_period",
     "state_dir",
+    "max_log_bytes",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "max_delay"];
 const REGISTRY_KEYS: &[&str] = &["dir"];
@@ -186,6 +201,9 @@ const POOL_KEYS: &[&str] = &[
     "env",
     "config",
     "timeout",
+    "inherit_env",
+    "pass_env",
+    "env_file",
 ];
 
 impl Config {
@@ -218,6 +236,7 @@ impl Config {
                 graceful_shutdown_timeout: Duration::from_secs(300),
                 stop_grace_period: Duration::from_secs(10),
                 state_dir: base_dir.join(".dispatcher"),
+                max_log_bytes: Some(DEFAULT_MAX_LOG_BYTES),
             },
             retry: RetrySettings {
                 max_attempts: 3,
@@ -372,6 +391,9 @@ fn decode_dispatcher(
     if let Some(item) = table.get("state_dir") {
         settings.state_dir = path_value(&item, base_dir)?;
     }
+    if let Some(item) = table.get("max_log_bytes") {
+        settings.max_log_bytes = Some(item.byte_size()?).filter(|bytes| *bytes > 0);
+    }
     Ok(())
 }
 
@@ -479,6 +501,22 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         Some(item) => Some(item.duration()?).filter(|timeout| !timeout.is_zero()),
         None => None,
     };
+    let inherit_env = match table.get("inherit_env") {
+        Some(item) => item.bool()?,
+        None => true,
+    };
+    let pass_env = match table.get("pass_env") {
+        Some(item) => item
+            .string_list()?
+            .into_iter()
+            .map(|(_, name)| name.to_owned())
+            .collect(),
+        None => Vec::new(),
+    };
+    let env_file = match table.get("env_file") {
+        Some(item) => Some(path_value(&item, base_dir)?),
+        None => None,
+    };
     Ok(PoolConfig {
         kind,
         max_concurrency,
@@ -487,6 +525,9 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         env,
         config,
         timeout,
+        inherit_env,
+        pass_env,
+        env_file,
     })
 }
 

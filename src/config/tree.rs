@@ -208,6 +208,16 @@ impl<'a> Item<'a> {
         .map_err(|message| self.problem(message))
     }
 
+    /// A size in bytes: an integer, or a string such as `"100MB"`, `"1GiB"`, `"512k"`.
+    pub(super) fn byte_size(&self) -> Result<u64, Problem> {
+        match self.node {
+            Node::Integer(value) => u64::try_from(*value)
+                .map_err(|_| self.problem(format!("must not be negative, found {value}"))),
+            Node::String(text) => parse_byte_size(text).map_err(|message| self.problem(message)),
+            _ => Err(self.wrong_type("a size (bytes, or a string like \"100MB\")")),
+        }
+    }
+
     /// A string, number or boolean as text: these end up in environment variables.
     pub(super) fn scalar_string(&self) -> Result<String, Problem> {
         match self.node {
@@ -305,4 +315,29 @@ fn join_key(parent: &str, key: &str) -> String {
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// Parses `"100MB"`, `"1GiB"`, `"512k"` or `"2048"`: decimal (k, MB, GB) and binary (KiB,
+/// MiB, GiB) units, case-insensitive, an optional trailing `B`.
+pub(super) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let bad =
+        || format!("invalid size {text:?} (use bytes, or a number with KB, MB, GB, KiB, MiB, GiB)");
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let factor: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1_000,
+        "m" => 1_000_000,
+        "g" => 1_000_000_000,
+        "ki" => 1 << 10,
+        "mi" => 1 << 20,
+        "gi" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(factor).ok_or_else(bad)
 }

@@ -1,0 +1,244 @@
+//! The few Linux system calls the dispatcher needs beyond std, each behind a safe function:
+//! process-exit file descriptors (pidfd), a wake-up pipe, `poll`, and signals to processes and
+//! process groups. All `unsafe` of the crate lives here.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A file descriptor that becomes readable when its process exits. Unlike a pid it cannot
+/// come to mean another process later, so signals sent through it never hit a stranger.
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+}
+
+impl PidFd {
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+        Ok(PidFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sends `signal` to the process; an exited process is not an error.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: pidfd_send_signal with a valid descriptor, no siginfo and no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    /// Whether the process has exited (the descriptor is readable).
+    pub fn exited(&self) -> bool {
+        matches!(poll_readable(&[self.fd.as_raw_fd()], Some(Duration::ZERO)), Ok(r) if r[0])
+    }
+}
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A non-blocking pipe used to wake a thread that waits in [`poll_readable`].
+#[derive(Debug)]
+pub struct WakePipe {
+    read: File,
+    write: File,
+}
+
+impl WakePipe {
+    pub fn new() -> io::Result<WakePipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills the two-element array on success.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        Ok(unsafe {
+            WakePipe {
+                read: File::from_raw_fd(fds[0]),
+                write: File::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    /// The raw write end, for a signal handler (writing one byte is async-signal-safe).
+    pub fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+
+    pub fn wake(&self) {
+        // A full pipe already guarantees a wake-up, so a failed write is fine.
+        let _ = (&self.write).write(&[1]);
+    }
+
+    /// Empties the pipe after a wake-up.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+impl AsRawFd for WakePipe {
+    fn as_raw_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: no timeout). Returns
+/// which are readable. An interrupted wait returns all false.
+pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let timeout_ms = match timeout {
+        None => -1,
+        // Round up so a 0.4 ms timer does not turn into a busy loop of zero-length waits.
+        Some(t) => libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX),
+    };
+    let count = libc::nfds_t::try_from(polls.len()).map_err(io::Error::other)?;
+    // SAFETY: `polls` is a valid array of `count` pollfd structures for the whole call.
+    let rc = unsafe { libc::poll(polls.as_mut_ptr(), count, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(err);
+    }
+    Ok(polls.iter().map(|p| p.revents != 0).collect())
+}
+
+/// Sends `signal` to a whole process group. A group that is gone is not an error.
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Whether any process of the group is still alive.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission.
+    pgid > 1 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
+/// Whether a process with this pid exists (it may belong to another user).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Makes `fd` survive `exec` (or not), so a child can inherit a lock.
+pub fn set_inheritable(fd: RawFd, inheritable: bool) -> io::Result<()> {
+    let flags = if inheritable { 0 } else { libc::FD_CLOEXEC };
+    // SAFETY: F_SETFD on a descriptor we own; only the close-on-exec flag changes.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts a new session in a freshly forked child (for `CommandExt::pre_exec`): the
+/// supervisor then has no controlling terminal, so a terminal's Ctrl-C or hang-up never
+/// reaches it or its runner.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: setsid is async-signal-safe and has no memory effects.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this open file's flock(2) lock is held by this descriptor's open file
+/// description: a non-blocking exclusive lock attempt on it succeeds.
+pub fn holds_flock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Installs `handler` for `signal` (the supervisor's SIGCHLD/SIGTERM/SIGINT). The handler
+/// must only do async-signal-safe work.
+pub fn install_signal_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction with a plain handler and SA_RESTART is a valid argument.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
+}
+
+/// Writes one byte to `fd` from a signal handler.
+pub fn write_byte_from_handler(fd: RawFd) {
+    let byte = 1u8;
+    // SAFETY: write(2) is async-signal-safe; the buffer is a valid one-byte local.
+    unsafe {
+        libc::write(fd, std::ptr::addr_of!(byte).cast(), 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn pidfd_becomes_readable_when_the_process_exits() {
+        let mut child = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        assert!(!pidfd.exited());
+        let ready = poll_readable(&[pidfd.as_raw_fd()], Some(Duration::from_secs(30))).unwrap();
+        assert!(ready[0]);
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn wake_pipe_wakes_a_poll() {
+        let pipe = WakePipe::new().unwrap();
+        assert!(!poll_readable(&[pipe.as_raw_fd()], Some(Duration::ZERO)).unwrap()[0]);
+        pipe.wake();
+        assert!(poll_readable(&[pipe.as_raw_fd()], Some(Duration::ZERO)).unwrap()[0]);
+        pipe.drain();
+        assert!(!poll_readable(&[pipe.as_raw_fd()], Some(Duration::ZERO)).unwrap()[0]);
+    }
+}
