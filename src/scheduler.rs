@@ -263,7 +263,7 @@ mod tests {
         let plan = plan(&q, &mut l, 10);
         assert_eq!(
             plan.len(),
-            4,
+            5,
             "1 free in pool 0 plus 4 in pool 1 minus none"
         );
         assert_eq!(plan[0].1, 1);

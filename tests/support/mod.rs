@@ -259,3 +259,59 @@ pub fn processes_with(marker: &str) -> Vec<String> {
     }
     found
 }
+
+/// The registry NecroCode's own Python tools wrote (see `tests/fixtures/necrocode/README.md`).
+pub fn fixture_registry() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/necrocode/registry")
+}
+
+/// Copies a directory tree (regular files and directories only, as the fixtures hold).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every path below `dir` (files, directories, symlinks, not following links), sorted.
+pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// `text` as a TOML string literal, for config files that embed paths and arguments.
+pub fn toml_str(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+/// `dispatcher status --json`, parsed; panics unless it exits 0.
+pub fn status_json(env: &Env) -> Value {
+    let out = env.output(&["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
