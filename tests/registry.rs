@@ -725,11 +725,12 @@ fn runner_gets_the_documented_environment_working_directory_and_log() {
 
     // The file carries the very same document.
     assert_eq!(record("context"), context_text);
-    assert_eq!(
-        fs::canonicalize(var("TASK_CONTEXT_FILE")).unwrap(),
-        fs::canonicalize(env.state())
-            .unwrap()
-            .join(format!("runners/{runner_id}/context.json"))
+    // The runner's directory is removed once its end is recorded, so compare the path only.
+    assert!(
+        Path::new(&var("TASK_CONTEXT_FILE"))
+            .ends_with(format!("state/runners/{runner_id}/context.json")),
+        "{}",
+        var("TASK_CONTEXT_FILE")
     );
     assert_eq!(
         record("heartbeat").trim(),
