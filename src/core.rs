@@ -11,7 +11,7 @@
 //! kept and retried; the loop itself never returns early on an error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -529,7 +529,7 @@ impl Core {
         let suspended = state.suspended_until.is_some();
         let now = timefmt::now();
         let mut promotable = false;
-        let mut lost = Vec::new();
+        let mut orphans: Vec<(TaskKey, PathBuf)> = Vec::new();
         for task in &taskset.tasks {
             let key = TaskKey::new(spec, &task.id);
             match task.state {
@@ -539,11 +539,15 @@ impl Core {
                     continue;
                 }
                 TaskState::Running => {
-                    let meta = task.dispatcher_meta();
-                    if meta.owner.as_deref() == Some(&self.owner)
-                        && !self.claimed.contains_key(&key)
-                    {
-                        lost.push(key);
+                    if !self.claimed.contains_key(&key) {
+                        let owner = task.dispatcher_meta().owner;
+                        if owner.as_deref() == Some(&self.owner) {
+                            orphans.push((key, self.state.root().to_path_buf()));
+                        } else if let Some(root) =
+                            owner.as_deref().and_then(|o| self.owner_gone(o, task))
+                        {
+                            orphans.push((key, root));
+                        }
                     }
                     continue;
                 }
@@ -593,8 +597,8 @@ impl Core {
         if promotable {
             self.promote_unblocked(spec);
         }
-        for key in lost {
-            self.recover_claimed(&key);
+        for (key, state_root) in orphans {
+            self.recover_claimed(&key, &state_root);
         }
     }
 
@@ -646,7 +650,7 @@ impl Core {
     /// dispatcher on this state dir stopped while it ran. Its runner directory decides:
     /// supervisor alive → adopt it; exit recorded → finish the task as it says; neither →
     /// the attempt is lost (it counts) and the task is retried with backoff.
-    fn recover_claimed(&mut self, key: &TaskKey) {
+    fn recover_claimed(&mut self, key: &TaskKey, state_root: &Path) {
         let Some(taskset) = self.specs.get(&*key.spec).and_then(|s| s.taskset.clone()) else {
             return;
         };
@@ -678,7 +682,9 @@ impl Core {
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {
-            Ok(()) => Some(RunnerDir::new(self.state.runner_dir(&runner_id))),
+            Ok(()) => Some(RunnerDir::new(
+                StateDir::new(state_root).runner_dir(&runner_id),
+            )),
             Err(_) => None,
         };
         let liveness = dir.as_ref().map_or(Liveness::Lost, RunnerDir::liveness);
@@ -738,6 +744,37 @@ impl Core {
                 self.record_finish(Finish { run, exit });
             }
         }
+    }
+
+    /// A task RUNNING under another dispatcher's claim is left alone unless its owner is
+    /// provably gone: same host, its state dir's instance lock is free (no dispatcher), and
+    /// the task's runner directory there has no live supervisor. Then the state dir of the
+    /// dead owner is returned, to finish or count the attempt from its files. A claim from
+    /// another host is never touched: nothing here can prove that host's runner is gone.
+    fn owner_gone(&self, owner: &str, task: &crate::registry::Task) -> Option<PathBuf> {
+        let (host, root) = owner.split_once(':')?;
+        if host != hostname() {
+            return None;
+        }
+        let root = PathBuf::from(root);
+        if !root.is_dir() {
+            return None;
+        }
+        let state = StateDir::new(&root);
+        if state.lock_is_held() {
+            return None;
+        }
+        let runner_id = task.runner_id.as_deref()?;
+        crate::names::validate("runner id", runner_id).ok()?;
+        let dir = RunnerDir::new(state.runner_dir(runner_id));
+        if matches!(dir.liveness(), Liveness::Alive) {
+            return None;
+        }
+        log::warn!(
+            "task {}: its owner {owner} is gone (no dispatcher, no supervisor); taking it over",
+            task.id
+        );
+        Some(root)
     }
 
     fn write_failed(&mut self, spec: &str, error: &str) {

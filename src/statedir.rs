@@ -75,6 +75,11 @@ impl StateDir {
         self.root.join("scratch").join(spec).join(task_id)
     }
 
+    /// Whether a dispatcher holds this state dir now (probes the lock without keeping it).
+    pub fn lock_is_held(&self) -> bool {
+        matches!(FileLock::try_acquire(&self.lock_path()), Ok(None))
+    }
+
     /// Takes the instance lock, or says which pid holds it.
     pub fn lock(&self) -> Result<InstanceLock, StateDirError> {
         let io = |source| StateDirError::Io {
@@ -107,17 +112,4 @@ impl StateDir {
             }
         }
     }
-}
-
-/// Whether a process with this pid exists (it may belong to another user).
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::fsutil;
 use crate::registry::{Registry, TaskState};
-use crate::statedir::{pid_alive, StateDir};
+use crate::statedir::StateDir;
+use crate::sys::pid_alive;
 use crate::timefmt;
 use crate::view;
 
