@@ -1073,4 +1073,48 @@ default = "backend"
         assert_eq!(config.task_registry.dir, Path::new("/base/registry"));
         assert_eq!(config.base_dir, Path::new("/base"));
     }
+
+    #[test]
+    fn log_cap_and_environment_hygiene_keys() {
+        let config = parse_ok(
+            "[dispatcher]\nmax_log_bytes = \"2MiB\"\n\n[agent_pools.a]\ncommand = [\"x\"]\ninherit_env = false\npass_env = [\"LANG\"]\nenv_file = \"secrets.env\"\n",
+        );
+        assert_eq!(config.dispatcher.max_log_bytes, Some(2 << 20));
+        let pool = &config.agent_pools["a"];
+        assert!(!pool.inherit_env);
+        assert_eq!(pool.pass_env, ["LANG"]);
+        assert_eq!(
+            pool.env_file.as_deref(),
+            Some(config.base_dir.join("secrets.env").as_path())
+        );
+        assert_eq!(
+            parse_ok("").dispatcher.max_log_bytes,
+            Some(DEFAULT_MAX_LOG_BYTES)
+        );
+        assert_eq!(
+            parse_ok("[dispatcher]\nmax_log_bytes = 0\n")
+                .dispatcher
+                .max_log_bytes,
+            None
+        );
+        let err = parse_err("[dispatcher]\n\nmax_log_bytes = \"lots\"\n", 3);
+        assert!(
+            err.contains("dispatcher.max_log_bytes") && err.contains("lots"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_in_every_unit() {
+        use super::tree::parse_byte_size;
+        assert_eq!(parse_byte_size("2048"), Ok(2048));
+        assert_eq!(parse_byte_size("1KB"), Ok(1000));
+        assert_eq!(parse_byte_size("1k"), Ok(1000));
+        assert_eq!(parse_byte_size("3 MB"), Ok(3_000_000));
+        assert_eq!(parse_byte_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_byte_size("5mib"), Ok(5 << 20));
+        assert!(parse_byte_size("1TB").is_err());
+        assert!(parse_byte_size("-1").is_err());
+        assert!(parse_byte_size("99999999999999999999GB").is_err());
+    }
 }
