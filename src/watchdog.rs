@@ -271,7 +271,20 @@ impl Actor {
                     });
                 }
             }
-            if let Some(reason) = watched.limit_exceeded(now) {
+            let mut exceeded = watched.limit_exceeded(now);
+            if exceeded == Some(StopReason::HeartbeatLost) {
+                // Heartbeats are looked at only every HEARTBEAT_POLL, so `last_heartbeat` can
+                // lag the real sign of life by that much: look once more before killing, or a
+                // runner beating just inside the timeout is taken for a silent one.
+                if let Some(at) = watched.observe_heartbeat() {
+                    let _ = self.events.send(RunnerEvent::Heartbeat {
+                        runner_id: id.clone(),
+                        at,
+                    });
+                    exceeded = None;
+                }
+            }
+            if let Some(reason) = exceeded {
                 log::warn!(
                     "runner {id} (pid {}) {}; stopping it",
                     watched.process.pid,
