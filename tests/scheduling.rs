@@ -763,6 +763,37 @@ fn runner_that_touches_its_heartbeat_outlives_the_heartbeat_timeout() {
     assert!(duration > 1.0, "ran only {duration}s");
 }
 
+/// Regression: the watchdog looked at heartbeats only every 500 ms but killed as soon as its
+/// last look was `heartbeat_timeout` old, so a runner touching its heartbeat every 600 ms
+/// could seem silent for two looks (about 1.04 s) and was killed under a 1 s timeout.
+#[test]
+fn heartbeat_just_inside_the_timeout_is_not_taken_for_a_lost_one() {
+    let env = Env::new();
+    env.config(
+        "heartbeat_timeout = \"1s\"",
+        &format!(
+            "[retry]\nmax_attempts = 1\n\n{}{}",
+            pool(
+                "local",
+                1,
+                &cmd("pulse.sh", &[]),
+                &[("PULSE", "0.6".into()), ("SLEEP", "6".into())],
+                "",
+            ),
+            default_to("local"),
+        ),
+    );
+    env.taskset("s", &[json!({"id": "steady"})]);
+    let (status, log) = env.run_until_idle();
+    // Never 1 s without a heartbeat, so never killed for a lost one.
+    assert!(
+        env.events_of_type("s", "RunnerTimedOut").is_empty(),
+        "log:\n{log}"
+    );
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert_eq!(env.state_of("s", "steady"), "done");
+}
+
 #[test]
 fn runner_past_the_pool_timeout_is_stopped_and_the_task_fails() {
     let env = Env::new();
