@@ -371,6 +371,8 @@ fn supervise(dir: &RunnerDir, lock_fd: Option<RawFd>) -> io::Result<()> {
             break status;
         }
         let now = Instant::now();
+        // Look before judging: a touch made just before this check must count.
+        heartbeat.observe(now);
         match &mut stopping {
             Some(stop) => {
                 if !stop.killed && now >= stop.kill_at {
@@ -412,7 +414,6 @@ fn supervise(dir: &RunnerDir, lock_fd: Option<RawFd>) -> io::Result<()> {
         if let Some(cap) = &mut log_cap {
             cap.enforce();
         }
-        heartbeat.observe(now);
 
         // Sleep until a child exits, a signal arrives, or the next check is due.
         let mut next = now + heartbeat.check_interval(heartbeat_timeout);

@@ -983,7 +983,9 @@ fn runner_ignoring_sigterm_is_killed_after_the_stop_grace_period() {
     run.signal(libc::SIGINT);
     let status = run.wait(DEADLINE);
     assert_eq!(status.code(), Some(130), "log:\n{}", run.stderr());
-    assert!(run.stderr().contains("SIGKILL"), "log:\n{}", run.stderr());
+    // The runner's supervisor escalates, and says so in the attempt's log.
+    let logs = attempt_logs_text(&env.state().join("logs"));
+    assert!(logs.contains("SIGKILL"), "attempt logs:\n{logs}");
     assert_interrupted(&env, &mark);
 }
 
@@ -1060,4 +1062,21 @@ fn status_json_shows_live_runners_while_running_and_not_running_after() {
     let report = status_json(&env);
     assert_eq!(report["dispatcher"]["running"], false, "{report:#}");
     assert_eq!(report["running"], json!([]), "{report:#}");
+}
+
+/// Every attempt log under `dir`, concatenated.
+fn attempt_logs_text(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return text;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            text.push_str(&attempt_logs_text(&path));
+        } else {
+            text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    text
 }
