@@ -29,20 +29,29 @@ pub enum RegistryEvent {
 /// The monitor thread: dropping the handle stops and joins it.
 pub struct Monitor {
     wake: Option<Sender<()>>,
+    written: Sender<(String, Fingerprint)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Monitor {
     pub fn spawn(registry: Registry, interval: Duration, events: Sender<RegistryEvent>) -> Monitor {
         let (wake, wake_rx) = crossbeam_channel::bounded(1);
+        let (written, written_rx) = crossbeam_channel::unbounded();
         let thread = thread::Builder::new()
             .name("registry-monitor".into())
-            .spawn(move || run(&registry, interval, &events, &wake_rx))
+            .spawn(move || run(&registry, interval, &events, &wake_rx, &written_rx))
             .expect("spawn registry monitor thread");
         Monitor {
             wake: Some(wake),
+            written,
             thread: Some(thread),
         }
+    }
+
+    /// Tells the monitor that the core itself wrote this version of a taskset (and already
+    /// knows its content), so the next scan does not read it again.
+    pub fn note_written(&self, spec: &str, fingerprint: Fingerprint) {
+        let _ = self.written.send((spec.to_string(), fingerprint));
     }
 
     /// Asks for a scan now instead of at the next interval.
@@ -67,9 +76,16 @@ fn run(
     interval: Duration,
     events: &Sender<RegistryEvent>,
     wake: &Receiver<()>,
+    written: &Receiver<(String, Fingerprint)>,
 ) {
     let mut known: HashMap<String, Option<Fingerprint>> = HashMap::new();
     loop {
+        for (spec, fingerprint) in written.try_iter() {
+            // Only for tasksets already seen: a first sight must always be read and sent.
+            if let Some(entry) = known.get_mut(&spec) {
+                *entry = Some(fingerprint);
+            }
+        }
         if !scan(registry, &mut known, events) {
             log::debug!("core gone: registry monitor stops");
             return;

@@ -206,7 +206,7 @@ impl StatusReport {
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {
-                        match view::next_attempt_at(task).filter(|at| *at > now) {
+                        match view::next_attempt_at(&meta).filter(|at| *at > now) {
                             Some(at) => report.retrying.push(RetryStatus {
                                 spec: spec.clone(),
                                 task_id: task.id.clone(),

@@ -208,6 +208,19 @@ pub fn install_signal_handler(signal: libc::c_int, handler: extern "C" fn(libc::
     }
 }
 
+/// This machine's host name ("localhost" if it cannot be read).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates within it
+    // or truncates, and we stop at the first NUL either way.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// Writes one byte to `fd` from a signal handler.
 pub fn write_byte_from_handler(fd: RawFd) {
     let byte = 1u8;

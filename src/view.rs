@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use chrono::NaiveDateTime;
 
-use crate::registry::{Task, TaskState, Taskset};
+use crate::registry::{DispatcherMeta, Task, TaskState, Taskset};
 use crate::timefmt;
 
 /// Whether every dependency of `task` exists and is done.
@@ -19,8 +19,7 @@ pub fn dependencies_done(taskset: &Taskset, task: &Task) -> bool {
 
 /// When the task became ready, for queue order: the dispatcher's own record, else the
 /// task's `updated_at`, else its `created_at`.
-pub fn ready_at(task: &Task) -> NaiveDateTime {
-    let meta = task.dispatcher_meta();
+pub fn ready_at(task: &Task, meta: &DispatcherMeta) -> NaiveDateTime {
     let candidates = [
         meta.ready_at.as_deref(),
         task.updated_at.as_deref(),
@@ -31,11 +30,8 @@ pub fn ready_at(task: &Task) -> NaiveDateTime {
 }
 
 /// When a failed attempt's retry is due, if one is scheduled.
-pub fn next_attempt_at(task: &Task) -> Option<NaiveDateTime> {
-    task.dispatcher_meta()
-        .next_attempt_at
-        .as_deref()
-        .and_then(timefmt::parse)
+pub fn next_attempt_at(meta: &DispatcherMeta) -> Option<NaiveDateTime> {
+    meta.next_attempt_at.as_deref().and_then(timefmt::parse)
 }
 
 /// Tasks that are neither done nor failed and can never run as the taskset stands, with
@@ -157,15 +153,14 @@ mod tests {
         let mut ts = taskset(&[("t", "ready", &[])]);
         let task = &mut ts.tasks[0];
         task.updated_at = Some("2026-11-29T10:00:00.000000".into());
+        let mut meta = task.dispatcher_meta();
         assert_eq!(
-            timefmt::format(ready_at(task)),
+            timefmt::format(ready_at(task, &meta)),
             "2026-11-29T10:00:00.000000"
         );
-        let mut meta = task.dispatcher_meta();
         meta.ready_at = Some("2026-11-29T11:00:00.000000".into());
-        task.set_dispatcher_meta(&meta);
         assert_eq!(
-            timefmt::format(ready_at(task)),
+            timefmt::format(ready_at(task, &meta)),
             "2026-11-29T11:00:00.000000"
         );
     }

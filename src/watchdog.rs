@@ -24,6 +24,10 @@ use crate::sys::{self, PidFd, WakePipe};
 /// How often logs and heartbeat files are looked at for `status`, and adopted runners
 /// without a pidfd are checked.
 const LOOK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a new runner's pid is looked for until its supervisor has written it.
+const PID_POLL: Duration = Duration::from_millis(20);
+/// How long that quick polling lasts; past it the pid is looked for once a second.
+const PID_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A runner to watch.
 pub struct Watch {
@@ -111,6 +115,7 @@ struct Watched {
     /// A stop that could not be signalled yet (adopted, supervisor pid not known).
     pending_stop: Option<StopReason>,
     pid_reported: bool,
+    since: Instant,
     log_size: u64,
     heartbeat_mtime: Option<SystemTime>,
 }
@@ -151,6 +156,7 @@ impl Actor {
                 self.look();
                 self.last_look = Instant::now();
             }
+            let waiting_for_pids = self.report_pids();
             // One descriptor per supervisor: readable once it has exited.
             let mut ids: Vec<String> = Vec::with_capacity(self.runners.len());
             let mut fds: Vec<RawFd> = vec![wake.as_raw_fd()];
@@ -160,7 +166,12 @@ impl Actor {
                     fds.push(pidfd.as_raw_fd());
                 }
             }
-            let wait = LOOK_INTERVAL.saturating_sub(self.last_look.elapsed());
+            let mut wait = LOOK_INTERVAL.saturating_sub(self.last_look.elapsed());
+            if waiting_for_pids {
+                // A new supervisor reports its runner's pid within milliseconds; `status`
+                // should show it as soon as that.
+                wait = wait.min(PID_POLL);
+            }
             match sys::poll_readable(&fds, Some(wait)) {
                 Ok(ready) => {
                     for (id, _) in ids.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
@@ -187,6 +198,7 @@ impl Actor {
                         watch: *watch,
                         pending_stop: None,
                         pid_reported: false,
+                        since: Instant::now(),
                         log_size,
                         heartbeat_mtime,
                     },
@@ -224,7 +236,28 @@ impl Actor {
         }
     }
 
-    /// Once a second: signs of life, runner pids, and adopted runners known only by lock.
+    /// Reports runner pids that supervisors have written since the last look. Returns
+    /// whether some recently started runner has not reported one yet.
+    fn report_pids(&mut self) -> bool {
+        let mut waiting = false;
+        for (id, watched) in &mut self.runners {
+            if watched.pid_reported {
+                continue;
+            }
+            if let Some(info) = watched.watch.dir.read_supervisor() {
+                watched.pid_reported = true;
+                let _ = self.events.send(RunnerEvent::Pid {
+                    runner_id: id.clone(),
+                    pid: info.runner_pid,
+                });
+            } else if watched.since.elapsed() < PID_PATIENCE {
+                waiting = true;
+            }
+        }
+        waiting
+    }
+
+    /// Once a second: signs of life, and adopted runners known only by their lock.
     fn look(&mut self) {
         let mut gone = Vec::new();
         for (id, watched) in &mut self.runners {
@@ -241,15 +274,6 @@ impl Actor {
                         }
                     }
                     Liveness::Exited(_) | Liveness::Lost => gone.push(id.clone()),
-                }
-            }
-            if !watched.pid_reported {
-                if let Some(info) = watched.watch.dir.read_supervisor() {
-                    watched.pid_reported = true;
-                    let _ = self.events.send(RunnerEvent::Pid {
-                        runner_id: id.clone(),
-                        pid: info.runner_pid,
-                    });
                 }
             }
             let size = file_size(&watched.watch.log_path);

@@ -129,6 +129,18 @@ impl Registry {
         spec: &str,
         f: impl FnOnce(&mut Taskset) -> (R, bool),
     ) -> Result<(R, Taskset), RegistryError> {
+        self.update_fingerprinted(spec, f)
+            .map(|(result, taskset, _)| (result, taskset))
+    }
+
+    /// [`Registry::update`], also returning the file's fingerprint after a write, taken while
+    /// the lock is still held: a watcher told of it can skip re-reading this write without
+    /// any risk of skipping another writer's.
+    pub fn update_fingerprinted<R>(
+        &self,
+        spec: &str,
+        f: impl FnOnce(&mut Taskset) -> (R, bool),
+    ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
         names::validate("spec name", spec)?;
         let path = self.taskset_path(spec);
         let _lock = self.lock(spec)?;
@@ -151,8 +163,10 @@ impl Registry {
                     source,
                 }
             })?;
+            let fingerprint = self.fingerprint(spec)?;
+            return Ok((result, taskset, fingerprint));
         }
-        Ok((result, taskset))
+        Ok((result, taskset, None))
     }
 
     /// Writes a new taskset under its lock; fails if the spec already has one. Missing

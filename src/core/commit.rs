@@ -1,0 +1,461 @@
+//! The commit step of each turn: plan the next assignments, then per spec one locked
+//! read-modify-write that records every attempt that ended and claims every task picked,
+//! then the events of that write, then the launches. A failed write leaves the spec alone
+//! for a moment and keeps the ended attempts to write later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use serde_json::json;
+
+use super::{Core, Finish, Running, WRITE_RETRY};
+use crate::config::RetrySettings;
+use crate::launcher::{self, LaunchRequest};
+use crate::registry::{Event, Task, TaskState, Taskset};
+use crate::runner_env::RunnerFacts;
+use crate::scheduler::{self, PoolLoad, TaskKey};
+use crate::supervisor::{Exit, RunnerDir, StopReason};
+use crate::timefmt;
+use crate::view;
+use crate::watchdog::{Watch, WatchCommand};
+
+/// A task picked for a pool, with the id its runner will have.
+struct Pick {
+    key: TaskKey,
+    pool: usize,
+    runner_id: String,
+}
+
+#[derive(Default)]
+struct Batch {
+    finishes: Vec<Finish>,
+    picks: Vec<Pick>,
+}
+
+/// What writing an attempt's end did to its task.
+pub(super) enum Verdict {
+    Done,
+    /// Back to ready, with the retry time and delay.
+    Retry(String, Duration),
+    /// Failed for good after this many attempts.
+    Failed(u32),
+    /// Back to ready without counting the attempt.
+    Interrupted,
+    /// The task changed under us (removed, reset by hand): nothing written.
+    Gone,
+}
+
+/// A claim made in the write: the task and its attempt number.
+struct Claimed {
+    pick: Pick,
+    attempt: u32,
+}
+
+impl Core {
+    pub(super) fn commit(&mut self) {
+        let picks = self.plan();
+        let mut batches: BTreeMap<Arc<str>, Batch> = BTreeMap::new();
+        for finish in std::mem::take(&mut self.pending) {
+            let suspended = self
+                .specs
+                .get(&*finish.run.key.spec)
+                .is_some_and(|s| s.suspended_until.is_some());
+            if suspended {
+                self.pending.push(finish);
+            } else {
+                let spec = finish.run.key.spec.clone();
+                batches.entry(spec).or_default().finishes.push(finish);
+            }
+        }
+        for pick in picks {
+            batches
+                .entry(pick.key.spec.clone())
+                .or_default()
+                .picks
+                .push(pick);
+        }
+        for (spec, batch) in batches {
+            self.write_batch(&spec, batch);
+        }
+    }
+
+    /// The next assignments, within the global and per-pool caps.
+    fn plan(&mut self) -> Vec<Pick> {
+        if self.drain.is_some() || !self.scanned || self.queue.is_empty() {
+            return Vec::new();
+        }
+        let global_free = self
+            .config
+            .dispatcher
+            .max_global_concurrency
+            .saturating_sub(self.running.len());
+        if global_free == 0 {
+            return Vec::new();
+        }
+        let mut loads: Vec<PoolLoad> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let pool = &self.config.agent_pools[&p.name];
+                PoolLoad {
+                    running: p.running,
+                    max: pool.max_concurrency,
+                    enabled: pool.enabled,
+                }
+            })
+            .collect();
+        let plan = scheduler::plan(&self.queue, &mut loads, global_free);
+        plan.into_iter()
+            .map(|(key, pool)| {
+                self.runner_seq += 1;
+                let runner_id = format!(
+                    "runner-{}-{}-{}",
+                    self.pools[pool].name, self.run_prefix, self.runner_seq
+                );
+                Pick {
+                    key,
+                    pool,
+                    runner_id,
+                }
+            })
+            .collect()
+    }
+
+    fn write_batch(&mut self, spec: &str, batch: Batch) {
+        let Batch { finishes, picks } = batch;
+        let now = timefmt::now();
+        let now_text = timefmt::format(now);
+        let retry = self.config.retry.clone();
+        let owner = self.owner.clone();
+        let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
+        let result = self.registry.update_fingerprinted(spec, |taskset| {
+            let verdicts: Vec<Verdict> = finishes
+                .iter()
+                .map(|finish| apply_finish(taskset, finish, &retry, now))
+                .collect();
+            let unblocked = if verdicts.iter().any(|v| matches!(v, Verdict::Done)) {
+                taskset.unblock_ready_dependents(&now_text)
+            } else {
+                Vec::new()
+            };
+            let mut claimed = Vec::new();
+            for pick in picks {
+                let name = &pool_names[pick.pool];
+                if let Some(attempt) = claim(taskset, &pick, name, &owner, &now_text) {
+                    claimed.push(Claimed { pick, attempt });
+                }
+            }
+            let changed = verdicts.iter().any(|v| !matches!(v, Verdict::Gone))
+                || !unblocked.is_empty()
+                || !claimed.is_empty();
+            ((verdicts, unblocked, claimed), changed)
+        });
+        let ((verdicts, unblocked, claimed), taskset, fingerprint) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                let what = if finishes.is_empty() {
+                    "claim tasks of"
+                } else {
+                    "record the end of attempts in"
+                };
+                self.pending.extend(finishes);
+                self.write_failed(spec, &format!("cannot {what} {spec}: {err}"));
+                return;
+            }
+        };
+        if let (Some(monitor), Some(fingerprint)) = (&self.monitor, fingerprint) {
+            monitor.note_written(spec, fingerprint);
+        }
+
+        let mut events = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
+        for (finish, verdict) in finishes.iter().zip(&verdicts) {
+            events.extend(finish_events(finish, verdict));
+            log_verdict(finish, verdict, &unblocked);
+            self.claimed.remove(&finish.run.key);
+            changed.push(finish.run.key.id.to_string());
+            // The registry now says how the attempt ended; the runner's files have served.
+            if crate::names::validate("runner id", &finish.run.runner_id).is_ok() {
+                let _ = std::fs::remove_dir_all(self.state.runner_dir(&finish.run.runner_id));
+            }
+        }
+        for id in &unblocked {
+            events
+                .push(Event::new("TaskReady", spec, Some(id)).with("reason", "dependencies done"));
+            changed.push(id.clone());
+        }
+        for c in &claimed {
+            events.push(
+                Event::new("TaskAssigned", spec, Some(&c.pick.key.id))
+                    .with("old_state", "ready")
+                    .with("new_state", "running")
+                    .with("runner_id", c.pick.runner_id.as_str())
+                    .with("pool", self.pools[c.pick.pool].name.as_str())
+                    .with("attempt", c.attempt)
+                    .with("assigned_slot", serde_json::Value::Null),
+            );
+            self.claimed
+                .insert(c.pick.key.clone(), c.pick.runner_id.clone());
+            changed.push(c.pick.key.id.to_string());
+        }
+        self.events.append(&events);
+        let taskset = Arc::new(taskset);
+        self.refresh_tasks(spec, &taskset, &changed);
+        for c in claimed {
+            let task = taskset.task(&c.pick.key.id).expect("claimed task exists");
+            self.launch(c.pick, task, c.attempt);
+        }
+        self.snapshot_dirty = true;
+    }
+
+    pub(super) fn write_failed(&mut self, spec: &str, error: &str) {
+        log::error!("{error}; retrying in {}s", WRITE_RETRY.as_secs());
+        let state = self.spec_state(spec);
+        state.suspended_until = Some(Instant::now() + WRITE_RETRY);
+        self.queue.remove_spec(spec);
+    }
+
+    fn launch(&mut self, pick: Pick, task: &Task, attempt: u32) {
+        let Pick {
+            key,
+            pool,
+            runner_id,
+        } = pick;
+        let pool_name = self.pools[pool].name.clone();
+        let pool_config = &self.config.agent_pools[&pool_name];
+        let workdir = self.state.scratch_dir(&key.spec, &key.id);
+        let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
+        let runner_dir = RunnerDir::new(self.state.runner_dir(&runner_id));
+        let request = LaunchRequest {
+            facts: RunnerFacts {
+                runner_id: &runner_id,
+                pool_name: &pool_name,
+                pool: pool_config,
+                spec: &key.spec,
+                task,
+                attempt,
+                workdir: &workdir,
+                repo_url: None,
+            },
+            log_path: &log_path,
+            runner_dir: &runner_dir,
+            owner: &self.owner,
+            heartbeat_timeout: self.heartbeat_timeout,
+            stop_grace: self.config.dispatcher.stop_grace_period,
+            max_log_bytes: self.config.dispatcher.max_log_bytes,
+        };
+        let started = launcher::launch(&request);
+        let run = Running {
+            key: key.clone(),
+            runner_id: runner_id.clone(),
+            pool: Some(pool),
+            adopted: false,
+            attempt,
+            pid: None,
+            title: task.title.clone(),
+            started_at: timefmt::now_string(),
+            started: Instant::now(),
+            log_path: log_path.clone(),
+            last_heartbeat: None,
+        };
+        match started {
+            Ok(launched) => {
+                let supervisor_pid = launched.supervisor.id();
+                log::info!(
+                    "started {key} attempt {attempt} on pool {pool_name} (runner {runner_id}, supervisor pid {supervisor_pid})"
+                );
+                self.events
+                    .append(&[Event::new("RunnerStarted", &key.spec, Some(&key.id))
+                        .with("runner_id", runner_id.as_str())
+                        .with("pool", pool_name.as_str())
+                        .with("attempt", attempt)
+                        .with("supervisor_pid", supervisor_pid)
+                        .with("log_file", log_path.display().to_string())]);
+                self.send_watchdog(WatchCommand::Watch(Box::new(Watch {
+                    runner_id: runner_id.clone(),
+                    dir: launched.dir,
+                    supervisor: Some(launched.supervisor),
+                    pidfd: Some(launched.pidfd),
+                    log_path: launched.log_path,
+                    heartbeat_path: launched.heartbeat_path,
+                })));
+                self.pools[pool].running += 1;
+                self.running.insert(runner_id, run);
+            }
+            Err(err) => {
+                log::error!("task {key}: {err}");
+                let exit = Exit::without_status(&runner_id, err.to_string());
+                self.pending.push(Finish { run, exit });
+            }
+        }
+    }
+}
+
+/// READY→RUNNING for one pick, if the task is still ready with its dependencies done.
+/// Returns the attempt number.
+fn claim(taskset: &mut Taskset, pick: &Pick, pool: &str, owner: &str, now: &str) -> Option<u32> {
+    let runnable = taskset.task(&pick.key.id).is_some_and(|task| {
+        task.state == TaskState::Ready && view::dependencies_done(taskset, task)
+    });
+    if !runnable {
+        return None;
+    }
+    let task = taskset.task_mut(&pick.key.id)?;
+    let mut meta = task.dispatcher_meta();
+    meta.attempts += 1;
+    meta.pool = Some(pool.to_string());
+    meta.runner_id = Some(pick.runner_id.clone());
+    meta.owner = Some(owner.to_string());
+    meta.started_at = Some(now.to_string());
+    meta.next_attempt_at = None;
+    task.set_dispatcher_meta(&meta);
+    task.state = TaskState::Running;
+    task.runner_id = Some(pick.runner_id.clone());
+    task.updated_at = Some(now.to_string());
+    Some(meta.attempts)
+}
+
+/// Writes the end of one attempt into the taskset (under the caller's lock).
+fn apply_finish(
+    taskset: &mut Taskset,
+    finish: &Finish,
+    retry: &RetrySettings,
+    now: NaiveDateTime,
+) -> Verdict {
+    let exit = &finish.exit;
+    let now_text = timefmt::format(now);
+    let Some(task) = taskset.task_mut(&finish.run.key.id) else {
+        return Verdict::Gone;
+    };
+    if task.state != TaskState::Running || task.runner_id.as_deref() != Some(&finish.run.runner_id)
+    {
+        return Verdict::Gone;
+    }
+    let mut meta = task.dispatcher_meta();
+    meta.last_exit_code = exit.exit_code;
+    meta.pid = None;
+    task.updated_at = Some(now_text);
+    let verdict = if exit.succeeded() {
+        task.state = TaskState::Done;
+        meta.last_error = None;
+        meta.next_attempt_at = None;
+        Verdict::Done
+    } else if exit.stopped == Some(StopReason::Interrupted) {
+        // Interrupted by our own shutdown: the attempt does not count, and the task keeps
+        // its ready time, so it keeps its place in the queue.
+        meta.attempts = meta.attempts.saturating_sub(1);
+        task.state = TaskState::Ready;
+        task.runner_id = None;
+        Verdict::Interrupted
+    } else {
+        meta.last_error = Some(exit.describe());
+        if meta.attempts >= retry.max_attempts {
+            task.state = TaskState::Failed;
+            meta.next_attempt_at = None;
+            Verdict::Failed(meta.attempts)
+        } else {
+            let delay = retry.backoff(meta.attempts);
+            let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            let at_text = timefmt::format(at);
+            meta.next_attempt_at = Some(at_text.clone());
+            meta.ready_at = Some(at_text.clone());
+            task.state = TaskState::Ready;
+            task.runner_id = None;
+            Verdict::Retry(at_text, delay)
+        }
+    };
+    task.set_dispatcher_meta(&meta);
+    verdict
+}
+
+fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
+    let run = &finish.run;
+    let exit = &finish.exit;
+    let (spec, id) = (&*run.key.spec, Some(&*run.key.id));
+    let mut events = Vec::new();
+    if exit.error.is_none() {
+        events.push(
+            Event::new("RunnerFinished", spec, id)
+                .with("runner_id", run.runner_id.as_str())
+                .with("attempt", run.attempt)
+                .with("outcome", exit.outcome())
+                .with("exit_code", json!(exit.exit_code))
+                .with("signal", json!(exit.signal))
+                .with("duration_seconds", exit.duration_seconds),
+        );
+    }
+    if let Some(reason @ (StopReason::TimedOut | StopReason::HeartbeatLost)) = exit.stopped {
+        events.push(
+            Event::new("RunnerTimedOut", spec, id)
+                .with("runner_id", run.runner_id.as_str())
+                .with("attempt", run.attempt)
+                .with("reason", reason.as_str()),
+        );
+    }
+    let base = |name: &str| {
+        Event::new(name, spec, id)
+            .with("runner_id", run.runner_id.as_str())
+            .with("attempt", run.attempt)
+    };
+    match verdict {
+        Verdict::Done => events.push(
+            base("TaskCompleted")
+                .with("old_state", "running")
+                .with("new_state", "done")
+                .with("duration_seconds", exit.duration_seconds),
+        ),
+        Verdict::Retry(at, delay) => events.push(
+            base("TaskRetryScheduled")
+                .with("old_state", "running")
+                .with("new_state", "ready")
+                .with("next_attempt_at", at.as_str())
+                .with("delay_seconds", delay.as_secs_f64())
+                .with("error", exit.describe())
+                .with("exit_code", json!(exit.exit_code)),
+        ),
+        Verdict::Failed(attempts) => events.push(
+            base("TaskFailed")
+                .with("old_state", "running")
+                .with("new_state", "failed")
+                .with("attempts", *attempts)
+                .with("error", exit.describe())
+                .with("exit_code", json!(exit.exit_code)),
+        ),
+        Verdict::Interrupted => events.push(
+            base("TaskInterrupted")
+                .with("old_state", "running")
+                .with("new_state", "ready")
+                .with("reason", "dispatcher shutdown"),
+        ),
+        Verdict::Gone => {}
+    }
+    events
+}
+
+fn log_verdict(finish: &Finish, verdict: &Verdict, unblocked: &[String]) {
+    let key = &finish.run.key;
+    let attempt = finish.run.attempt;
+    match verdict {
+        Verdict::Done if unblocked.is_empty() => log::info!("{key} done (attempt {attempt})"),
+        Verdict::Done => log::info!(
+            "{key} done (attempt {attempt}); ready in {}: {}",
+            key.spec,
+            unblocked.join(", ")
+        ),
+        Verdict::Retry(at, _) => log::warn!(
+            "{key} attempt {attempt} failed ({}); retry at {at}",
+            finish.exit.describe()
+        ),
+        Verdict::Failed(attempts) => log::error!(
+            "{key} failed after {attempts} attempts ({})",
+            finish.exit.describe()
+        ),
+        Verdict::Interrupted => log::warn!("{key} interrupted; back to ready"),
+        Verdict::Gone => log::warn!(
+            "{key} changed in the registry while runner {} ran; its end was not recorded",
+            finish.run.runner_id
+        ),
+    }
+}

@@ -1,0 +1,586 @@
+//! The core thread: the one owner of all scheduling state (the queue, pool loads, the
+//! running table, retry timers, the drain). Other threads only send it messages.
+//!
+//! One turn of the loop: wait for a message (control first, then runner events, then registry
+//! changes) or a timer; take every other message already waiting; then *commit*: one locked
+//! read-modify-write per spec that records the attempts which ended and claims the tasks the
+//! planner picked, and only after that write, start the claimed tasks' runners. Batching
+//! keeps the registry cost per turn, not per task.
+//!
+//! The claim protocol: a task goes READY→RUNNING in the registry (re-read under the spec's
+//! lock, state re-checked) before its runner starts; a runner's end is written checking that
+//! the task is still RUNNING under that runner's id. A write that fails is kept and retried;
+//! the loop never returns early on an error.
+//!
+//! Submodules: `placement` keeps the queue, retry timers and "no pool" list in step with the
+//! registry; `commit` does the batched writes and launches; `recovery` adopts or finishes
+//! runners left by an earlier dispatcher; `report` builds the status report.
+
+mod commit;
+mod placement;
+mod recovery;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select_biased, Receiver, Sender};
+
+use crate::config::Config;
+use crate::monitor::{Monitor, RegistryEvent};
+use crate::registry::{EventLog, Registry, TaskState, Taskset};
+use crate::scheduler::{self, TaskKey};
+use crate::statedir::{InstanceLock, StateDir};
+use crate::status::StatusReport;
+use crate::supervisor::{Exit, StopReason};
+use crate::timefmt;
+use crate::watchdog::{RunnerEvent, WatchCommand, Watchdog};
+
+use placement::RetryWait;
+
+/// How often the status snapshot is refreshed while something changes.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it is rewritten when nothing changes, so readers can tell we are alive.
+const SNAPSHOT_KEEPALIVE: Duration = Duration::from_secs(5);
+/// How long a spec whose registry write failed is left alone before trying again.
+const WRITE_RETRY: Duration = Duration::from_secs(2);
+/// Messages taken per turn after the first, so one flood cannot starve the commit.
+const BATCH: usize = 512;
+
+/// Requests from outside the core; a request that needs an answer carries its reply.
+pub enum Control {
+    /// Ctrl-C or SIGTERM. The first starts the drain, a second (`force`) stops runners now.
+    Shutdown {
+        force: bool,
+    },
+    /// `Dispatcher::stop`: drain, waiting at most `timeout` for runners to finish.
+    Drain {
+        timeout: Duration,
+    },
+    Status(Sender<StatusReport>),
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// `--until-idle`: nothing is left to do and every task is done.
+    AllDone,
+    /// `--until-idle`: nothing is left to do and some tasks failed.
+    SomeFailed,
+    /// `--until-idle`: tasks remain that can never run (failed or missing dependency,
+    /// no pool for their skill, an unreadable taskset).
+    NeverRunnable,
+    /// Stopped by a signal or `stop()`; every runner was finished or interrupted.
+    Drained,
+}
+
+impl RunOutcome {
+    /// The documented exit code of `dispatcher run`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunOutcome::AllDone => 0,
+            RunOutcome::SomeFailed => 3,
+            RunOutcome::NeverRunnable => 4,
+            RunOutcome::Drained => 130,
+        }
+    }
+}
+
+/// What `Dispatcher::start` hands the core thread.
+pub struct CoreParts {
+    /// Held until the core ends: one dispatcher per state directory.
+    pub lock: InstanceLock,
+    pub control: Receiver<Control>,
+    pub watchdog: Watchdog,
+    pub runner_events: Receiver<RunnerEvent>,
+}
+
+struct PoolRuntime {
+    name: String,
+    running: usize,
+}
+
+struct SpecState {
+    /// The last readable version (kept while the file is broken so running tasks finish).
+    taskset: Option<Arc<Taskset>>,
+    error: Option<String>,
+    /// Not scheduled until then, after a failed write.
+    suspended_until: Option<Instant>,
+    /// Tasks that can never run, with the reason; `None` until computed after a change.
+    never_runnable: Option<Vec<(String, String)>>,
+}
+
+/// A runner of ours (started or adopted) that has not ended yet.
+struct Running {
+    key: TaskKey,
+    runner_id: String,
+    /// `None` for an adopted runner whose pool is no longer configured.
+    pool: Option<usize>,
+    adopted: bool,
+    attempt: u32,
+    pid: Option<u32>,
+    title: String,
+    started_at: String,
+    started: Instant,
+    log_path: PathBuf,
+    last_heartbeat: Option<String>,
+}
+
+/// An attempt that ended and still has to be written to the registry.
+struct Finish {
+    run: Running,
+    exit: Exit,
+}
+
+struct Drain {
+    deadline: Instant,
+    stopping: bool,
+}
+
+pub struct Core {
+    config: Arc<Config>,
+    registry: Registry,
+    events: EventLog,
+    state: StateDir,
+    until_idle: bool,
+    /// `host:state_dir`, written into each claim so a later dispatcher can recognise it.
+    owner: String,
+    started_at: String,
+    run_prefix: String,
+    runner_seq: u64,
+    heartbeat_timeout: Option<Duration>,
+    watchdog: Option<Watchdog>,
+    monitor: Option<Monitor>,
+
+    pools: Vec<PoolRuntime>,
+    routes: HashMap<Option<String>, Arc<[usize]>>,
+    specs: BTreeMap<String, SpecState>,
+    queue: scheduler::Queue,
+    retry: RetryWait,
+    unroutable: BTreeMap<TaskKey, Option<String>>,
+    unroutable_logged: BTreeSet<TaskKey>,
+    /// Tasks this dispatcher has claimed and not yet written back, with their runner id.
+    claimed: HashMap<TaskKey, String>,
+    running: HashMap<String, Running>,
+    /// Ended attempts waiting for the next commit (or for a failed write to be retried).
+    pending: Vec<Finish>,
+    drain: Option<Drain>,
+    scanned: bool,
+    scan_error: Option<String>,
+
+    snapshot_dirty: bool,
+    snapshot_written: Option<Instant>,
+}
+
+impl Core {
+    pub fn new(config: Arc<Config>, state: StateDir, until_idle: bool) -> Core {
+        let registry = Registry::new(&config.task_registry.dir);
+        let events = EventLog::new(&registry, state.event_fallback_path());
+        let owner = format!(
+            "{}:{}",
+            crate::sys::hostname(),
+            std::fs::canonicalize(state.root())
+                .unwrap_or_else(|_| state.root().to_path_buf())
+                .display()
+        );
+        let epoch_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let pools: Vec<PoolRuntime> = config
+            .agent_pools
+            .keys()
+            .map(|name| PoolRuntime {
+                name: name.clone(),
+                running: 0,
+            })
+            .collect();
+        let heartbeat = config.dispatcher.heartbeat_timeout;
+        Core {
+            heartbeat_timeout: (!heartbeat.is_zero()).then_some(heartbeat),
+            watchdog: None,
+            monitor: None,
+            queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
+            registry,
+            events,
+            state,
+            until_idle,
+            owner,
+            started_at: timefmt::now_string(),
+            run_prefix: format!("{epoch_ms:x}"),
+            runner_seq: 0,
+            pools,
+            routes: HashMap::new(),
+            specs: BTreeMap::new(),
+            retry: RetryWait::default(),
+            unroutable: BTreeMap::new(),
+            unroutable_logged: BTreeSet::new(),
+            claimed: HashMap::new(),
+            running: HashMap::new(),
+            pending: Vec::new(),
+            drain: None,
+            scanned: false,
+            scan_error: None,
+            snapshot_dirty: true,
+            snapshot_written: None,
+            config,
+        }
+    }
+
+    /// Runs until idle (with `--until-idle`) or until drained. Owns the monitor and the
+    /// watchdog threads and joins them before returning.
+    pub fn run(mut self, parts: CoreParts) -> RunOutcome {
+        let (registry_tx, registry_rx) = crossbeam_channel::unbounded();
+        self.monitor = Some(Monitor::spawn(
+            self.registry.clone(),
+            self.config.dispatcher.poll_interval,
+            registry_tx,
+        ));
+        self.watchdog = Some(parts.watchdog);
+        let runner_rx = parts.runner_events;
+        let control = parts.control;
+        let mut control_open = true;
+        log::info!(
+            "dispatcher started: registry {}, state dir {}, {} pools, policy {}",
+            self.registry.root().display(),
+            self.state.root().display(),
+            self.pools.len(),
+            self.config.dispatcher.scheduling_policy.as_str()
+        );
+        if self.pools.is_empty() {
+            log::warn!("no agent pools are configured: no task can run");
+        }
+
+        let outcome = loop {
+            let timeout = self.next_wakeup();
+            // Control first (shutdown must not wait behind a flood of changes), then runner
+            // events (they free capacity), then registry changes.
+            select_biased! {
+                recv(control) -> msg => match msg {
+                    Ok(msg) => self.on_control(msg),
+                    Err(_) => {
+                        if control_open {
+                            log::debug!("control peer gone");
+                            control_open = false;
+                        }
+                    }
+                },
+                recv(runner_rx) -> msg => match msg {
+                    Ok(event) => self.on_runner(event),
+                    Err(_) => log::error!("watchdog gone"),
+                },
+                recv(registry_rx) -> msg => match msg {
+                    Ok(event) => self.on_registry(event),
+                    Err(_) => log::error!("registry monitor gone"),
+                },
+                default(timeout) => {}
+            }
+            // Whatever else is already waiting joins this turn's commit.
+            for event in runner_rx.try_iter().take(BATCH) {
+                self.on_runner(event);
+            }
+            for event in registry_rx.try_iter().take(BATCH) {
+                self.on_registry(event);
+            }
+            self.on_timers();
+            self.commit();
+            self.publish(false);
+            if let Some(outcome) = self.finished() {
+                break outcome;
+            }
+            if !control_open && self.drain.is_none() && !self.until_idle {
+                // Nobody can stop us any more: treat it as a stop request.
+                self.start_drain(self.config.dispatcher.graceful_shutdown_timeout);
+            }
+        };
+        self.monitor.take();
+        self.watchdog.take();
+        self.publish(true);
+        drop(parts.lock);
+        outcome
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        if !self.pending.is_empty() && self.specs.values().all(|s| s.suspended_until.is_none()) {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut wake = now + SNAPSHOT_INTERVAL;
+        if let Some(at) = self.retry.next_due() {
+            let wait = at
+                .signed_duration_since(timefmt::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            wake = wake.min(now + wait);
+        }
+        if let Some(drain) = &self.drain {
+            if !drain.stopping {
+                wake = wake.min(drain.deadline);
+            }
+        }
+        for state in self.specs.values() {
+            if let Some(until) = state.suspended_until {
+                wake = wake.min(until);
+            }
+        }
+        wake.saturating_duration_since(now)
+    }
+
+    fn send_watchdog(&self, command: WatchCommand) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.send(command);
+        }
+    }
+
+    // ----- messages -------------------------------------------------------------------
+
+    fn on_control(&mut self, msg: Control) {
+        match msg {
+            Control::Status(reply) => {
+                self.compute_never_runnable();
+                let _ = reply.send(self.report());
+            }
+            Control::Shutdown { force: false } | Control::Drain { .. } if self.drain.is_none() => {
+                let timeout = match msg {
+                    Control::Drain { timeout } => timeout,
+                    _ => self.config.dispatcher.graceful_shutdown_timeout,
+                };
+                self.start_drain(timeout);
+            }
+            Control::Shutdown { .. } | Control::Drain { .. } => {
+                if !self.running.is_empty() {
+                    log::warn!(
+                        "stopping {} runners now; their tasks go back to ready",
+                        self.running.len()
+                    );
+                }
+                self.drain = Some(Drain {
+                    deadline: Instant::now(),
+                    stopping: true,
+                });
+                self.send_watchdog(WatchCommand::StopAll {
+                    reason: StopReason::Interrupted,
+                });
+            }
+        }
+        self.snapshot_dirty = true;
+    }
+
+    fn start_drain(&mut self, timeout: Duration) {
+        if self.running.is_empty() {
+            log::info!("draining: no runners to wait for");
+        } else {
+            log::warn!(
+                "draining: no new tasks; waiting up to {}s for {} runners (Ctrl-C again stops them now)",
+                timeout.as_secs(),
+                self.running.len()
+            );
+        }
+        self.drain = Some(Drain {
+            deadline: Instant::now() + timeout,
+            stopping: false,
+        });
+    }
+
+    fn on_timers(&mut self) {
+        if let Some(drain) = &mut self.drain {
+            if !drain.stopping && Instant::now() >= drain.deadline {
+                drain.stopping = true;
+                if !self.running.is_empty() {
+                    log::warn!(
+                        "graceful shutdown timeout reached: stopping {} runners",
+                        self.running.len()
+                    );
+                }
+                self.send_watchdog(WatchCommand::StopAll {
+                    reason: StopReason::Interrupted,
+                });
+            }
+        }
+        let now = Instant::now();
+        let resume: Vec<String> = self
+            .specs
+            .iter()
+            .filter(|(_, s)| s.suspended_until.is_some_and(|until| until <= now))
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        for spec in resume {
+            if let Some(state) = self.specs.get_mut(&spec) {
+                state.suspended_until = None;
+            }
+            self.requeue_spec(&spec);
+        }
+        self.release_due_retries();
+    }
+
+    fn on_runner(&mut self, event: RunnerEvent) {
+        match event {
+            RunnerEvent::Heartbeat { runner_id, at } => {
+                if let Some(run) = self.running.get_mut(&runner_id) {
+                    run.last_heartbeat = Some(timefmt::format(timefmt::from_system(at)));
+                }
+            }
+            RunnerEvent::Pid { runner_id, pid } => {
+                if let Some(run) = self.running.get_mut(&runner_id) {
+                    run.pid = Some(pid);
+                }
+            }
+            RunnerEvent::Exited(exit) => {
+                let Some(run) = self.running.remove(&exit.runner_id) else {
+                    log::warn!("exit of unknown runner {}", exit.runner_id);
+                    return;
+                };
+                if let Some(pool) = run.pool {
+                    self.pools[pool].running -= 1;
+                }
+                self.pending.push(Finish { run, exit });
+            }
+        }
+        self.snapshot_dirty = true;
+    }
+
+    fn on_registry(&mut self, event: RegistryEvent) {
+        match event {
+            RegistryEvent::Changed { spec, taskset } => match taskset {
+                Ok(taskset) => {
+                    let state = self.spec_state(&spec);
+                    let stale = state
+                        .taskset
+                        .as_ref()
+                        .is_some_and(|known| known.version > taskset.version);
+                    if !stale {
+                        if state.error.take().is_some() {
+                            log::info!("taskset {spec} is readable again");
+                        }
+                        state.taskset = Some(taskset);
+                        self.requeue_spec(&spec);
+                    }
+                }
+                Err(error) => {
+                    let state = self.spec_state(&spec);
+                    if state.error.as_deref() != Some(&error) {
+                        log::error!("{error}; its tasks are not scheduled until the file is fixed");
+                        state.error = Some(error);
+                    }
+                    self.unqueue_spec(&spec);
+                }
+            },
+            RegistryEvent::Removed { spec } => {
+                log::info!("taskset {spec} was removed");
+                self.unqueue_spec(&spec);
+                self.specs.remove(&spec);
+            }
+            RegistryEvent::ScanFailed(error) => {
+                if self.scan_error.as_deref() != Some(&error) {
+                    log::error!("{error}");
+                    self.scan_error = Some(error);
+                }
+            }
+            RegistryEvent::ScanDone => {
+                if !self.scanned {
+                    log::info!(
+                        "registry read: {} tasksets, {} runnable tasks",
+                        self.specs.len(),
+                        self.queue.len()
+                    );
+                }
+                self.scanned = true;
+            }
+        }
+        self.snapshot_dirty = true;
+    }
+
+    fn spec_state(&mut self, spec: &str) -> &mut SpecState {
+        self.specs
+            .entry(spec.to_string())
+            .or_insert_with(|| SpecState {
+                taskset: None,
+                error: None,
+                suspended_until: None,
+                never_runnable: None,
+            })
+    }
+
+    // ----- ending -----------------------------------------------------------------------
+
+    fn finished(&mut self) -> Option<RunOutcome> {
+        if let Some(drain) = &self.drain {
+            if !self.running.is_empty() {
+                return None;
+            }
+            if !self.pending.is_empty() {
+                if !drain.stopping || Instant::now() < drain.deadline + WRITE_RETRY * 5 {
+                    return None;
+                }
+                for finish in &self.pending {
+                    log::error!(
+                        "task {} stays running in the registry: its end could not be written",
+                        finish.run.key
+                    );
+                }
+            }
+            log::info!("drained: no runner left");
+            return Some(RunOutcome::Drained);
+        }
+        if !self.until_idle || !self.scanned {
+            return None;
+        }
+        let busy = !self.running.is_empty()
+            || !self.pending.is_empty()
+            || !self.claimed.is_empty()
+            || !self.retry.is_empty()
+            || self.specs.values().any(|s| s.suspended_until.is_some())
+            || self.queue_has_servable_task()
+            || self.running_elsewhere();
+        if busy {
+            return None;
+        }
+        let mut outcome = RunOutcome::AllDone;
+        for (spec, state) in &self.specs {
+            if state.error.is_some() {
+                return Some(RunOutcome::NeverRunnable);
+            }
+            let Some(taskset) = &state.taskset else {
+                continue;
+            };
+            for task in &taskset.tasks {
+                match task.state {
+                    TaskState::Done => {}
+                    TaskState::Failed => outcome = RunOutcome::SomeFailed,
+                    _ => {
+                        log::info!(
+                            "idle, but {spec}/{} ({}) can never run",
+                            task.id,
+                            task.state
+                        );
+                        return Some(RunOutcome::NeverRunnable);
+                    }
+                }
+            }
+        }
+        Some(outcome)
+    }
+
+    /// Whether the queue holds a task that some enabled pool could take.
+    fn queue_has_servable_task(&self) -> bool {
+        self.queue.iter().any(|(_, pools)| {
+            pools
+                .iter()
+                .any(|&p| self.config.agent_pools[&self.pools[p].name].enabled)
+        })
+    }
+
+    /// Tasks RUNNING under another dispatcher: their end will make more work runnable.
+    fn running_elsewhere(&self) -> bool {
+        self.specs
+            .values()
+            .filter_map(|s| s.taskset.as_ref())
+            .any(|ts| {
+                ts.tasks.iter().any(|t| {
+                    t.state == TaskState::Running
+                        && t.dispatcher_meta().owner.as_deref() != Some(&self.owner)
+                })
+            })
+    }
+}
