@@ -89,12 +89,13 @@ impl Dispatcher {
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let core = Core::new(self.config.clone(), state, self.until_idle);
         let (runner_tx, runner_events) = crossbeam_channel::unbounded();
-        let watchdog = Watchdog::spawn(runner_tx).map_err(DispatchError::Thread)?;
+        let watchdog = Watchdog::spawn(runner_tx.clone()).map_err(DispatchError::Thread)?;
         let parts = CoreParts {
             lock,
             control: control_rx,
             watchdog,
             runner_events,
+            runner_events_tx: runner_tx,
         };
         let core = thread::Builder::new()
             .name("core".into())

@@ -4,26 +4,37 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
+use std::io::Seek;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::config::PoolConfig;
 use crate::placeholders::Placeholders;
+use crate::registry::Task;
 use crate::runner_env::{self, EnvError, RunnerFacts};
-use crate::supervisor::{RunnerDir, RunnerRecord, SUPERVISE_ARG};
+use crate::supervisor::RunnerDir;
+use crate::supervisor::{RunnerRecord, SUPERVISE_ARG};
 use crate::sys::{self, PidFd};
 use crate::timefmt;
 
-/// Everything needed to start one attempt of one task.
-pub struct LaunchRequest<'a> {
-    pub facts: RunnerFacts<'a>,
+/// Everything needed to start one attempt of one task, owned, so a launch can be handed to
+/// a worker thread.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub runner_id: String,
+    pub pool_name: String,
+    pub spec: String,
+    pub task: Task,
+    pub attempt: u32,
+    /// The runner's working directory (a workspace slot or a scratch directory).
+    pub workdir: PathBuf,
+    pub repo_url: Option<String>,
     /// Where the runner's stdout and stderr are appended.
-    pub log_path: &'a Path,
-    pub runner_dir: &'a RunnerDir,
-    pub owner: &'a str,
+    pub log_path: PathBuf,
+    pub runner_dir: RunnerDir,
+    pub owner: String,
     pub heartbeat_timeout: Option<Duration>,
     pub stop_grace: Duration,
     pub max_log_bytes: Option<u64>,
@@ -61,9 +72,18 @@ fn prepare(path: &Path) -> impl FnOnce(io::Error) -> LaunchError {
 /// of its own, a null stdin, and the attempt's log as stdout and stderr (no pipes: nothing
 /// breaks if the dispatcher dies). The runner's environment is the supervisor's own, so
 /// secrets never go to disk.
-pub fn launch(req: &LaunchRequest<'_>) -> Result<Launched, LaunchError> {
-    let facts = &req.facts;
-    let dir = req.runner_dir;
+pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchError> {
+    let facts = &RunnerFacts {
+        runner_id: &req.runner_id,
+        pool_name: &req.pool_name,
+        pool,
+        spec: &req.spec,
+        task: &req.task,
+        attempt: req.attempt,
+        workdir: &req.workdir,
+        repo_url: req.repo_url.as_deref(),
+    };
+    let dir = &req.runner_dir;
     fs::create_dir_all(facts.workdir).map_err(prepare(facts.workdir))?;
     fs::create_dir_all(dir.path()).map_err(prepare(dir.path()))?;
     if let Some(parent) = req.log_path.parent() {
@@ -89,15 +109,15 @@ pub fn launch(req: &LaunchRequest<'_>) -> Result<Launched, LaunchError> {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(req.log_path)
-        .map_err(prepare(req.log_path))?;
+        .open(&req.log_path)
+        .map_err(prepare(&req.log_path))?;
     // A header line makes each attempt's log self-describing.
     let _ = writeln!(
         log,
         "# dispatcher: runner {} task {}/{} attempt {} pool {}",
         facts.runner_id, facts.spec, facts.task.id, facts.attempt, facts.pool_name
     );
-    let log_err = log.try_clone().map_err(prepare(req.log_path))?;
+    let log_err = log.try_clone().map_err(prepare(&req.log_path))?;
 
     let workdir = facts.workdir.to_string_lossy();
     let context_file = context_path.to_string_lossy();
@@ -117,7 +137,7 @@ pub fn launch(req: &LaunchRequest<'_>) -> Result<Launched, LaunchError> {
         task_id: facts.task.id.clone(),
         attempt: facts.attempt,
         pool: facts.pool_name.to_string(),
-        owner: req.owner.to_string(),
+        owner: req.owner.clone(),
         created_at: timefmt::now_string(),
         argv: facts
             .pool
@@ -126,7 +146,7 @@ pub fn launch(req: &LaunchRequest<'_>) -> Result<Launched, LaunchError> {
             .map(|a| placeholders.expand(a))
             .collect(),
         cwd: facts.workdir.to_path_buf(),
-        log_path: req.log_path.to_path_buf(),
+        log_path: req.log_path.clone(),
         heartbeat_path: heartbeat_path.clone(),
         timeout_ms: facts.pool.timeout.map(millis),
         heartbeat_timeout_ms: req.heartbeat_timeout.map(millis),
@@ -134,56 +154,48 @@ pub fn launch(req: &LaunchRequest<'_>) -> Result<Launched, LaunchError> {
         max_log_bytes: req.max_log_bytes,
         slot_id: facts.task.assigned_slot.clone(),
     };
-    dir.write_record(&record)
-        .map_err(prepare(&dir.record_path()))?;
-
-    // Our copy of the lock closes when `lock` drops, without unlocking: the flock belongs to
-    // the open file, which the supervisor keeps open for its whole life.
-    let lock_path = dir.lock_path();
-    let lock = OpenOptions::new()
+    // The record file is also the runner's lock. It is locked here and becomes the
+    // supervisor's standard input, so the supervisor holds the lock from its first instant
+    // and no other process inherits it. Our copy closes when `record_file` drops, without
+    // unlocking: the flock belongs to the open file, which the supervisor keeps open.
+    let record_path = dir.record_path();
+    let mut record_file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(prepare(&lock_path))?;
-    if !sys::holds_flock(&lock) {
+        .create_new(true)
+        .open(&record_path)
+        .map_err(prepare(&record_path))?;
+    if !sys::holds_flock(&record_file) {
         let busy = io::Error::other("the runner lock is already held");
-        return Err(prepare(&lock_path)(busy));
+        return Err(prepare(&record_path)(busy));
     }
-    let lock_fd = lock.as_raw_fd();
+    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
+    bytes
+        .and_then(|bytes| record_file.write_all(&bytes))
+        .and_then(|()| record_file.rewind())
+        .map_err(prepare(&record_path))?;
     let program = std::env::current_exe().map_err(prepare(Path::new("/proc/self/exe")))?;
-    let mut command = Command::new(&program);
-    command
+    let supervisor = Command::new(&program)
         .arg(SUPERVISE_ARG)
         .arg(dir.path())
-        .arg(lock_fd.to_string())
         .env_clear()
         .envs(&env)
         .current_dir(facts.workdir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(record_file))
         .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err));
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
-    // system calls (setsid, fcntl).
-    unsafe {
-        command.pre_exec(move || {
-            sys::new_session()?;
-            sys::set_inheritable(lock_fd, true)
-        });
-    }
-    let supervisor = command.spawn().map_err(|source| LaunchError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    drop(lock);
+        .stderr(Stdio::from(log_err))
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     let pidfd = PidFd::open(supervisor.id()).map_err(prepare(dir.path()))?;
     Ok(Launched {
         runner_id: facts.runner_id.to_string(),
         dir: dir.clone(),
         supervisor,
         pidfd,
-        log_path: req.log_path.to_path_buf(),
+        log_path: req.log_path.clone(),
         heartbeat_path,
     })
 }

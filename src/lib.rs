@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod dispatcher;
 pub mod fsutil;
+pub mod launch_pool;
 pub mod launcher;
 pub mod monitor;
 pub mod names;

@@ -3,10 +3,10 @@
 //! containerd-shim.
 //!
 //! Protocol, in the runner's directory `<state_dir>/runners/<runner_id>/`:
-//! 1. The dispatcher writes `runner.json` (what to run, limits) and takes `lock` *before* the
-//!    supervisor exists; the supervisor inherits the locked descriptor, so from the first
-//!    instant "lock taken" means "supervisor alive" — immune to pid reuse. A crash before the
-//!    spawn leaves a record with a free lock and no exit: nothing ran.
+//! 1. The dispatcher writes `runner.json` (what to run, limits) and flocks it *before* the
+//!    supervisor exists; the locked file becomes the supervisor's standard input, so from
+//!    its first instant "runner.json locked" means "supervisor alive" — immune to pid reuse.
+//!    A crash before the spawn leaves a record with a free lock and no exit: nothing ran.
 //! 2. The supervisor starts the runner in its own process group (its output straight into
 //!    the attempt's log, no pipes), writes `supervisor.json` (its pid and the runner's), and
 //!    enforces the execution timeout, the heartbeat timeout and the log cap itself, whether
@@ -18,9 +18,9 @@
 //!    means finished, a free lock without it means lost.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,10 +195,6 @@ impl RunnerDir {
         self.path.join("runner.json")
     }
 
-    pub fn lock_path(&self) -> PathBuf {
-        self.path.join("lock")
-    }
-
     pub fn exit_path(&self) -> PathBuf {
         self.path.join("exit.json")
     }
@@ -209,11 +205,6 @@ impl RunnerDir {
 
     pub fn stop_path(&self) -> PathBuf {
         self.path.join("stop")
-    }
-
-    pub fn write_record(&self, record: &RunnerRecord) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.record_path(), &bytes)
     }
 
     pub fn read_record(&self) -> io::Result<RunnerRecord> {
@@ -230,7 +221,7 @@ impl RunnerDir {
 
     /// Decided by the lock, never by a pid: a lock we can take means no supervisor.
     pub fn liveness(&self) -> Liveness {
-        match FileLock::try_acquire(&self.lock_path()) {
+        match FileLock::try_acquire(&self.record_path()) {
             Ok(None) => Liveness::Alive,
             Ok(Some(_free)) => match self.read_exit() {
                 Some(exit) => Liveness::Exited(exit),
@@ -277,14 +268,10 @@ pub fn run_if_requested() {
         return;
     }
     let Some(dir) = args.get(2) else {
-        eprintln!("usage: {SUPERVISE_ARG} RUNNER_DIR [LOCK_FD]");
+        eprintln!("usage: {SUPERVISE_ARG} RUNNER_DIR < RUNNER_DIR/runner.json (locked)");
         std::process::exit(2);
     };
-    let lock_fd = args
-        .get(3)
-        .and_then(|fd| fd.to_str())
-        .and_then(|fd| fd.parse::<RawFd>().ok());
-    let code = match supervise(&RunnerDir::new(PathBuf::from(dir)), lock_fd) {
+    let code = match supervise(&RunnerDir::new(PathBuf::from(dir))) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("# dispatcher-supervisor: {err}");
@@ -300,25 +287,17 @@ struct Stopping {
     killed: bool,
 }
 
-fn supervise(dir: &RunnerDir, lock_fd: Option<RawFd>) -> io::Result<()> {
-    // Held until the supervisor exits: while it is, the runner counts as alive.
-    let _lock: Box<dyn std::any::Any> = match lock_fd {
-        Some(fd) => {
-            // SAFETY: the dispatcher passed us this descriptor number for the runner's lock
-            // and nothing else in this process uses it.
-            let file = unsafe { File::from_raw_fd(fd) };
-            sys::set_inheritable(fd, false)?;
-            if !sys::holds_flock(&file) {
-                return Err(io::Error::other("the runner lock is held by someone else"));
-            }
-            Box::new(file)
-        }
-        None => Box::new(
-            FileLock::try_acquire(&dir.lock_path())?
-                .ok_or_else(|| io::Error::other("another supervisor holds this runner"))?,
-        ),
-    };
-    let record = dir.read_record()?;
+fn supervise(dir: &RunnerDir) -> io::Result<()> {
+    // Out of the terminal's session, so its Ctrl-C and hang-up never reach us or the runner.
+    sys::new_session()?;
+    // Standard input is the locked runner.json: held until the supervisor exits, and while
+    // it is, the runner counts as alive.
+    let lock = sys::take_stdin()?;
+    if !sys::holds_flock(&lock) {
+        return Err(io::Error::other("runner.json is locked by another process"));
+    }
+    let record: RunnerRecord = serde_json::from_reader(&lock)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
     let wake = WakePipe::new()?;
     WAKE_FD.store(wake.write_fd(), Ordering::Relaxed);
     sys::install_signal_handler(libc::SIGCHLD, on_child);
@@ -351,9 +330,11 @@ fn supervise(dir: &RunnerDir, lock_fd: Option<RawFd>) -> io::Result<()> {
         runner_pid,
         started_at: timefmt::now_string(),
     };
-    fsutil::write_atomic(
-        &dir.supervisor_path(),
-        &serde_json::to_vec(&info).map_err(io::Error::other)?,
+    // A plain write: a reader that finds it half-written treats the pid as unknown for
+    // now, and liveness never depends on it (the lock decides).
+    fs::write(
+        dir.supervisor_path(),
+        serde_json::to_vec(&info).map_err(io::Error::other)?,
     )?;
 
     let ms = |value: Option<u64>| value.map(Duration::from_millis);

@@ -167,25 +167,33 @@ pub fn pid_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Makes `fd` survive `exec` (or not), so a child can inherit a lock.
-pub fn set_inheritable(fd: RawFd, inheritable: bool) -> io::Result<()> {
-    let flags = if inheritable { 0 } else { libc::FD_CLOEXEC };
-    // SAFETY: F_SETFD on a descriptor we own; only the close-on-exec flag changes.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Starts a new session in a freshly forked child (for `CommandExt::pre_exec`): the
-/// supervisor then has no controlling terminal, so a terminal's Ctrl-C or hang-up never
-/// reaches it or its runner.
+/// Starts a new session for this process (the supervisor): it then has no controlling
+/// terminal, so a terminal's Ctrl-C or hang-up never reaches it or its runner.
 pub fn new_session() -> io::Result<()> {
     // SAFETY: setsid is async-signal-safe and has no memory effects.
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Takes this process's standard input as a `File` (the supervisor's lock), and puts
+/// `/dev/null` in its place so nothing inherits the lock by accident.
+pub fn take_stdin() -> io::Result<File> {
+    // SAFETY: dup of fd 0 returns a new descriptor that we own; F_DUPFD_CLOEXEC keeps it
+    // from being inherited by the runner.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created above and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let null = File::open("/dev/null")?;
+    // SAFETY: dup2 onto fd 0 replaces standard input; `null` stays valid for the call.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Whether this open file's flock(2) lock is held by this descriptor's open file

@@ -53,6 +53,16 @@ pub enum WatchCommand {
 }
 
 pub enum RunnerEvent {
+    /// A launcher thread started the runner's supervisor.
+    Started {
+        runner_id: String,
+        supervisor_pid: u32,
+    },
+    /// A launcher thread could not start it.
+    LaunchFailed {
+        runner_id: String,
+        error: String,
+    },
     Exited(Exit),
     /// A new sign of life (log output or a touched heartbeat file).
     Heartbeat {
@@ -68,9 +78,25 @@ pub enum RunnerEvent {
 
 /// The watchdog thread: its command sender, its wake pipe and its join handle.
 pub struct Watchdog {
-    commands: Option<Sender<WatchCommand>>,
-    wake: Arc<WakePipe>,
+    handle: Option<WatchdogHandle>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A cloneable way to send the watchdog commands (launcher threads hand it new runners).
+#[derive(Clone)]
+pub struct WatchdogHandle {
+    commands: Sender<WatchCommand>,
+    wake: Arc<WakePipe>,
+}
+
+impl WatchdogHandle {
+    pub fn send(&self, command: WatchCommand) {
+        if self.commands.send(command).is_ok() {
+            self.wake.wake();
+        } else {
+            log::error!("watchdog gone: command dropped");
+        }
+    }
 }
 
 impl Watchdog {
@@ -82,28 +108,34 @@ impl Watchdog {
             .name("watchdog".into())
             .spawn(move || Actor::new(events).run(&inbox, &actor_wake))?;
         Ok(Watchdog {
-            commands: Some(commands),
-            wake,
+            handle: Some(WatchdogHandle { commands, wake }),
             thread: Some(thread),
         })
     }
 
+    pub fn handle(&self) -> WatchdogHandle {
+        self.handle
+            .clone()
+            .expect("the handle lives as long as the watchdog")
+    }
+
     pub fn send(&self, command: WatchCommand) {
-        let sent = self.commands.as_ref().map(|c| c.send(command));
-        if matches!(sent, Some(Ok(()))) {
-            self.wake.wake();
-        } else {
-            log::error!("watchdog gone: command dropped");
+        if let Some(handle) = &self.handle {
+            handle.send(command);
         }
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        // Closing the channel ends the actor. Runners it still watched keep running under
-        // their supervisors, to be adopted by the next dispatcher.
-        self.commands.take();
-        self.wake.wake();
+        // Closing the channel ends the actor (once every clone of the handle is gone).
+        // Runners it still watched keep running under their supervisors, to be adopted by
+        // the next dispatcher.
+        if let Some(handle) = self.handle.take() {
+            let wake = handle.wake.clone();
+            drop(handle);
+            wake.wake();
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -124,6 +156,10 @@ struct Actor {
     events: Sender<RunnerEvent>,
     runners: HashMap<String, Watched>,
     last_look: Instant,
+    /// Set by `StopAll`: runners handed over later (launched meanwhile) are stopped at once.
+    stopping_all: Option<StopReason>,
+    /// Stops for runners not handed over yet.
+    early_stops: HashMap<String, StopReason>,
 }
 
 impl Actor {
@@ -132,6 +168,8 @@ impl Actor {
             events,
             runners: HashMap::new(),
             last_look: Instant::now(),
+            stopping_all: None,
+            early_stops: HashMap::new(),
         }
     }
 
@@ -192,24 +230,29 @@ impl Actor {
             WatchCommand::Watch(watch) => {
                 let log_size = file_size(&watch.log_path);
                 let heartbeat_mtime = mtime(&watch.heartbeat_path);
-                self.runners.insert(
-                    watch.runner_id.clone(),
-                    Watched {
-                        watch: *watch,
-                        pending_stop: None,
-                        pid_reported: false,
-                        since: Instant::now(),
-                        log_size,
-                        heartbeat_mtime,
-                    },
-                );
-            }
-            WatchCommand::Stop { runner_id, reason } => {
-                if let Some(watched) = self.runners.get_mut(&runner_id) {
-                    request_stop(watched, reason);
+                let id = watch.runner_id.clone();
+                let stop = self.early_stops.remove(&id).or(self.stopping_all);
+                let mut watched = Watched {
+                    watch: *watch,
+                    pending_stop: None,
+                    pid_reported: false,
+                    since: Instant::now(),
+                    log_size,
+                    heartbeat_mtime,
+                };
+                if let Some(reason) = stop {
+                    request_stop(&mut watched, reason);
                 }
+                self.runners.insert(id, watched);
             }
+            WatchCommand::Stop { runner_id, reason } => match self.runners.get_mut(&runner_id) {
+                Some(watched) => request_stop(watched, reason),
+                None => {
+                    self.early_stops.insert(runner_id, reason);
+                }
+            },
             WatchCommand::StopAll { reason } => {
+                self.stopping_all = Some(reason);
                 for watched in self.runners.values_mut() {
                     request_stop(watched, reason);
                 }

@@ -12,14 +12,12 @@ use serde_json::json;
 
 use super::{Core, Finish, Running, WRITE_RETRY};
 use crate::config::RetrySettings;
-use crate::launcher::{self, LaunchRequest};
+use crate::launcher::LaunchSpec;
 use crate::registry::{Event, Task, TaskState, Taskset};
-use crate::runner_env::RunnerFacts;
 use crate::scheduler::{self, PoolLoad, TaskKey};
 use crate::supervisor::{Exit, RunnerDir, StopReason};
 use crate::timefmt;
 use crate::view;
-use crate::watchdog::{Watch, WatchCommand};
 
 /// A task picked for a pool, with the id its runner will have.
 struct Pick {
@@ -178,7 +176,8 @@ impl Core {
             changed.push(finish.run.key.id.to_string());
             // The registry now says how the attempt ended; the runner's files have served.
             if crate::names::validate("runner id", &finish.run.runner_id).is_ok() {
-                let _ = std::fs::remove_dir_all(self.state.runner_dir(&finish.run.runner_id));
+                self.finished_dirs
+                    .push(self.state.runner_dir(&finish.run.runner_id));
             }
         }
         for id in &unblocked {
@@ -210,13 +209,8 @@ impl Core {
         self.snapshot_dirty = true;
     }
 
-    pub(super) fn write_failed(&mut self, spec: &str, error: &str) {
-        log::error!("{error}; retrying in {}s", WRITE_RETRY.as_secs());
-        let state = self.spec_state(spec);
-        state.suspended_until = Some(Instant::now() + WRITE_RETRY);
-        self.queue.remove_spec(spec);
-    }
-
+    /// Counts the claimed task as running (its capacity is taken from now on) and hands its
+    /// start to a launcher thread.
     fn launch(&mut self, pick: Pick, task: &Task, attempt: u32) {
         let Pick {
             key,
@@ -224,72 +218,63 @@ impl Core {
             runner_id,
         } = pick;
         let pool_name = self.pools[pool].name.clone();
-        let pool_config = &self.config.agent_pools[&pool_name];
-        let workdir = self.state.scratch_dir(&key.spec, &key.id);
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
-        let runner_dir = RunnerDir::new(self.state.runner_dir(&runner_id));
-        let request = LaunchRequest {
-            facts: RunnerFacts {
-                runner_id: &runner_id,
-                pool_name: &pool_name,
-                pool: pool_config,
-                spec: &key.spec,
-                task,
-                attempt,
-                workdir: &workdir,
-                repo_url: None,
-            },
-            log_path: &log_path,
-            runner_dir: &runner_dir,
-            owner: &self.owner,
+        let job = LaunchSpec {
+            runner_id: runner_id.clone(),
+            pool_name,
+            spec: key.spec.to_string(),
+            task: task.clone(),
+            attempt,
+            workdir: self.state.scratch_dir(&key.spec, &key.id),
+            repo_url: None,
+            log_path: log_path.clone(),
+            runner_dir: RunnerDir::new(self.state.runner_dir(&runner_id)),
+            owner: self.owner.clone(),
             heartbeat_timeout: self.heartbeat_timeout,
             stop_grace: self.config.dispatcher.stop_grace_period,
             max_log_bytes: self.config.dispatcher.max_log_bytes,
         };
-        let started = launcher::launch(&request);
-        let run = Running {
-            key: key.clone(),
-            runner_id: runner_id.clone(),
-            pool: Some(pool),
-            adopted: false,
-            attempt,
-            pid: None,
-            title: task.title.clone(),
-            started_at: timefmt::now_string(),
-            started: Instant::now(),
-            log_path: log_path.clone(),
-            last_heartbeat: None,
-        };
-        match started {
-            Ok(launched) => {
-                let supervisor_pid = launched.supervisor.id();
-                log::info!(
-                    "started {key} attempt {attempt} on pool {pool_name} (runner {runner_id}, supervisor pid {supervisor_pid})"
-                );
-                self.events
-                    .append(&[Event::new("RunnerStarted", &key.spec, Some(&key.id))
-                        .with("runner_id", runner_id.as_str())
-                        .with("pool", pool_name.as_str())
-                        .with("attempt", attempt)
-                        .with("supervisor_pid", supervisor_pid)
-                        .with("log_file", log_path.display().to_string())]);
-                self.send_watchdog(WatchCommand::Watch(Box::new(Watch {
-                    runner_id: runner_id.clone(),
-                    dir: launched.dir,
-                    supervisor: Some(launched.supervisor),
-                    pidfd: Some(launched.pidfd),
-                    log_path: launched.log_path,
-                    heartbeat_path: launched.heartbeat_path,
-                })));
-                self.pools[pool].running += 1;
-                self.running.insert(runner_id, run);
-            }
-            Err(err) => {
-                log::error!("task {key}: {err}");
-                let exit = Exit::without_status(&runner_id, err.to_string());
-                self.pending.push(Finish { run, exit });
-            }
+        self.pools[pool].running += 1;
+        self.running.insert(
+            runner_id.clone(),
+            Running {
+                key,
+                runner_id,
+                pool: Some(pool),
+                adopted: false,
+                attempt,
+                pid: None,
+                title: task.title.clone(),
+                started_at: timefmt::now_string(),
+                started: Instant::now(),
+                log_path,
+                last_heartbeat: None,
+            },
+        );
+        match &self.launcher {
+            Some(launcher) => launcher.submit(job),
+            None => self.launch_failed(&job.runner_id, "no launcher threads".into()),
         }
+    }
+
+    /// A runner that could not be started: its attempt ends as a failure.
+    pub(super) fn launch_failed(&mut self, runner_id: &str, error: String) {
+        let Some(run) = self.running.remove(runner_id) else {
+            return;
+        };
+        log::error!("task {}: {error}", run.key);
+        if let Some(pool) = run.pool {
+            self.pools[pool].running -= 1;
+        }
+        let exit = Exit::without_status(runner_id, error);
+        self.pending.push(Finish { run, exit });
+    }
+
+    pub(super) fn write_failed(&mut self, spec: &str, error: &str) {
+        log::error!("{error}; retrying in {}s", WRITE_RETRY.as_secs());
+        let state = self.spec_state(spec);
+        state.suspended_until = Some(Instant::now() + WRITE_RETRY);
+        self.queue.remove_spec(spec);
     }
 }
 

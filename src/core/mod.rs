@@ -29,8 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{select_biased, Receiver, Sender};
 
 use crate::config::Config;
+use crate::launch_pool::LaunchPool;
 use crate::monitor::{Monitor, RegistryEvent};
-use crate::registry::{EventLog, Registry, TaskState, Taskset};
+use crate::registry::{Event, EventLog, Registry, TaskState, Taskset};
 use crate::scheduler::{self, TaskKey};
 use crate::statedir::{InstanceLock, StateDir};
 use crate::status::StatusReport;
@@ -46,6 +47,8 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const SNAPSHOT_KEEPALIVE: Duration = Duration::from_secs(5);
 /// How long a spec whose registry write failed is left alone before trying again.
 const WRITE_RETRY: Duration = Duration::from_secs(2);
+/// How often finished runners' directories are removed while runners keep running.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Messages taken per turn after the first, so one flood cannot starve the commit.
 const BATCH: usize = 512;
 
@@ -95,6 +98,8 @@ pub struct CoreParts {
     pub control: Receiver<Control>,
     pub watchdog: Watchdog,
     pub runner_events: Receiver<RunnerEvent>,
+    /// For the launcher threads, which report starts on the same channel as the watchdog.
+    pub runner_events_tx: Sender<RunnerEvent>,
 }
 
 struct PoolRuntime {
@@ -152,7 +157,13 @@ pub struct Core {
     runner_seq: u64,
     heartbeat_timeout: Option<Duration>,
     watchdog: Option<Watchdog>,
+    launcher: Option<LaunchPool>,
     monitor: Option<Monitor>,
+    /// Events of this turn that may wait for its end (runner starts), appended at once.
+    outbox: Vec<Event>,
+    /// Runner directories of recorded attempts, removed in batches (see `sweep`).
+    finished_dirs: Vec<PathBuf>,
+    last_sweep: Instant,
 
     pools: Vec<PoolRuntime>,
     routes: HashMap<Option<String>, Arc<[usize]>>,
@@ -200,7 +211,11 @@ impl Core {
         Core {
             heartbeat_timeout: (!heartbeat.is_zero()).then_some(heartbeat),
             watchdog: None,
+            launcher: None,
             monitor: None,
+            outbox: Vec::new(),
+            finished_dirs: Vec::new(),
+            last_sweep: Instant::now(),
             queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
             registry,
             events,
@@ -237,6 +252,15 @@ impl Core {
             self.config.dispatcher.poll_interval,
             registry_tx,
         ));
+        match LaunchPool::spawn(
+            &self.config,
+            &parts.watchdog.handle(),
+            &parts.runner_events_tx,
+        ) {
+            Ok(pool) => self.launcher = Some(pool),
+            Err(err) => log::error!("cannot start launcher threads: {err}"),
+        }
+        drop(parts.runner_events_tx);
         self.watchdog = Some(parts.watchdog);
         let runner_rx = parts.runner_events;
         let control = parts.control;
@@ -285,7 +309,11 @@ impl Core {
             }
             self.on_timers();
             self.commit();
+            if !self.outbox.is_empty() {
+                self.events.append(&std::mem::take(&mut self.outbox));
+            }
             self.publish(false);
+            self.sweep(false);
             if let Some(outcome) = self.finished() {
                 break outcome;
             }
@@ -295,6 +323,8 @@ impl Core {
             }
         };
         self.monitor.take();
+        self.sweep(true);
+        self.launcher.take();
         self.watchdog.take();
         self.publish(true);
         drop(parts.lock);
@@ -325,6 +355,27 @@ impl Core {
             }
         }
         wake.saturating_duration_since(now)
+    }
+
+    /// Removes the runner directories of recorded attempts, in the background, when nothing
+    /// runs or once a minute. Batching matters: on some filesystems (ext4 without a journal)
+    /// creating files right after deleting others is slow, which would tax every launch.
+    fn sweep(&mut self, now: bool) {
+        let due = now
+            || (self.running.is_empty() && !self.finished_dirs.is_empty())
+            || self.last_sweep.elapsed() >= SWEEP_INTERVAL;
+        if !due {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        for dir in self.finished_dirs.drain(..) {
+            match &self.launcher {
+                Some(launcher) => launcher.remove_dir(dir),
+                None => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
     }
 
     fn send_watchdog(&self, command: WatchCommand) {
@@ -426,6 +477,28 @@ impl Core {
                     run.pid = Some(pid);
                 }
             }
+            RunnerEvent::Started {
+                runner_id,
+                supervisor_pid,
+            } => {
+                if let Some(run) = self.running.get(&runner_id) {
+                    let pool = run.pool.map_or("?", |p| self.pools[p].name.as_str());
+                    log::info!(
+                        "started {} attempt {} on pool {pool} (runner {runner_id}, supervisor pid {supervisor_pid})",
+                        run.key,
+                        run.attempt
+                    );
+                    self.outbox.push(
+                        Event::new("RunnerStarted", &run.key.spec, Some(&run.key.id))
+                            .with("runner_id", runner_id.as_str())
+                            .with("pool", pool)
+                            .with("attempt", run.attempt)
+                            .with("supervisor_pid", supervisor_pid)
+                            .with("log_file", run.log_path.display().to_string()),
+                    );
+                }
+            }
+            RunnerEvent::LaunchFailed { runner_id, error } => self.launch_failed(&runner_id, error),
             RunnerEvent::Exited(exit) => {
                 let Some(run) = self.running.remove(&exit.runner_id) else {
                     log::warn!("exit of unknown runner {}", exit.runner_id);
