@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod names;
 pub mod registry;
 pub mod scheduler;
+pub mod slots;
 pub mod statedir;
 pub mod status;
 pub mod timefmt;
