@@ -62,6 +62,9 @@ const SLOT_FILE: &str = "slot.json";
 /// The same file as an anchored ignore pattern, so that a `slot.json` deeper in the
 /// repository is still the repository's own business.
 const SLOT_FILE_PATTERN: &str = "/slot.json";
+/// `fsutil::write_atomic`'s temp file for `slot.json`; hidden too, so that one left by a
+/// crash never lands in a patch (the next clean removes it).
+const SLOT_TEMP_PATTERN: &str = "/slot.tmp";
 const POOL_FILE: &str = "pool.json";
 const MAIN_CLONE: &str = ".repo";
 const RECOVERED_DIR: &str = "recovered";
@@ -751,7 +754,8 @@ impl SlotManager {
         let parsed = slot_id
             .strip_prefix("workspace-")
             .and_then(|rest| rest.rsplit_once("-slot"))
-            .and_then(|(repo, number)| Some((repo, slot_number(number)?)));
+            .and_then(|(repo, number)| Some((repo, slot_number(number)?)))
+            .filter(|(repo, _)| names::validate("repository name", repo).is_ok());
         let slot = parsed.map(|(repo, number)| self.slot_at(repo, number));
         match slot {
             Some(slot) if slot.file_path().is_file() => Ok(slot),
@@ -949,9 +953,10 @@ fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
         .append(true)
         .open(&path)
         .and_then(|mut out| {
-            out.write_all(
-                format!("{separator}# dispatcher slot state\n{SLOT_FILE_PATTERN}\n").as_bytes(),
-            )
+            let lines = format!(
+                "{separator}# dispatcher slot state\n{SLOT_FILE_PATTERN}\n{SLOT_TEMP_PATTERN}\n"
+            );
+            out.write_all(lines.as_bytes())
         })
         .map_err(|e| SlotError::io("write", &path, e))
 }

@@ -302,6 +302,8 @@ fn release_saves_a_patch_and_leaves_a_pristine_checkout() {
     fs::write(slot.join("blob.bin"), [0u8, 1, 2, 255]).unwrap();
     fs::create_dir_all(slot.join("target")).unwrap();
     fs::write(slot.join("target/build.o"), "ignored\n").unwrap();
+    // What a crash in the middle of writing slot.json leaves behind.
+    fs::write(slot.join("slot.tmp"), "{").unwrap();
     git(slot, &["add", "README.md"]);
     let staged_before = git(slot, &["diff", "--cached", "--name-only"]);
 
@@ -321,6 +323,7 @@ fn release_saves_a_patch_and_leaves_a_pristine_checkout() {
     assert!(text.contains("b/src/new.txt"), "{text}");
     assert!(text.contains("GIT binary patch"), "{text}");
     assert!(!text.contains("slot.json"), "{text}");
+    assert!(!text.contains("slot.tmp"), "{text}");
     assert!(!text.contains("build.o"), "ignored files stay out: {text}");
     assert_eq!(staged_before, "README.md");
 
@@ -328,6 +331,7 @@ fn release_saves_a_patch_and_leaves_a_pristine_checkout() {
     assert_eq!(porcelain(slot), "");
     assert!(!slot.join("src/new.txt").exists());
     assert!(!slot.join("target").exists());
+    assert!(!slot.join("slot.tmp").exists());
     assert!(!slot.join("done.txt").exists(), "back on the base");
     assert_eq!(
         fs::read_to_string(slot.join("README.md")).unwrap(),
@@ -595,5 +599,38 @@ fn necrocode_pool_grows_by_clones() {
     assert_eq!(
         read_value(&workspaces.join("chat-app/pool.json"))["num_slots"],
         3
+    );
+}
+
+#[test]
+fn manager_is_shareable_across_threads() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<SlotManager>();
+}
+
+#[test]
+fn slot_ids_name_existing_slots_only() {
+    let fx = Fixture::new();
+    let manager = fx.manager(1);
+    manager.sync().unwrap();
+    for id in [
+        "workspace-app-slot2",
+        "workspace-app-slot01",
+        "app-slot1",
+        "workspace-.app-slot1",
+        "workspace-app-slot0",
+    ] {
+        let err = manager.release(id, &fx.tmp.path().join("p")).unwrap_err();
+        assert!(matches!(err, SlotError::UnknownSlot { .. }), "{id}: {err}");
+    }
+    let err = manager
+        .release("workspace-app/../slot1", &fx.tmp.path().join("p"))
+        .unwrap_err();
+    assert!(matches!(err, SlotError::Name(_)), "{err}");
+    assert_eq!(
+        manager
+            .release("workspace-app-slot1", &fx.tmp.path().join("p"))
+            .unwrap(),
+        None
     );
 }
