@@ -20,7 +20,7 @@
 //! in `error` (with the message in `metadata.error`); allocation skips such slots and `sync`
 //! tries to repair them.
 //!
-//! Every git command goes through [`git::Git`], which stops repository discovery at the slot,
+//! Every git command goes through `git::Git` (`git.rs`), which stops repository discovery at the slot,
 //! so a slot whose `.git` is gone fails instead of cleaning an enclosing repository.
 
 pub(crate) mod branch;
