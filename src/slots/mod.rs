@@ -20,8 +20,8 @@
 //! in `error` (with the message in `metadata.error`); allocation skips such slots and `sync`
 //! tries to repair them.
 //!
-//! Every git command goes through `git::Git` (`git.rs`), which stops repository discovery at the slot,
-//! so a slot whose `.git` is gone fails instead of cleaning an enclosing repository.
+//! Every git command goes through `git::Git` (`git.rs`), which stops repository discovery at
+//! the slot, so a slot whose `.git` is gone fails instead of cleaning an enclosing repository.
 
 pub(crate) mod branch;
 mod error;
@@ -1024,8 +1024,8 @@ fn rev(slot: &Slot, name: &str) -> Result<Option<String>, SlotError> {
     }
 }
 
-/// Saves what `git add -A` would stage (so ignored files, `slot.json` among them, are left out) as a
-/// binary diff against HEAD. The staging happens in a copy of the index, so the slot's own
+/// Saves what `git add -A` would stage (so ignored files, `slot.json` among them, are left
+/// out) as a binary diff against HEAD. The staging happens in a copy of the index, so the slot's own
 /// index is never touched; the copy keeps the cached stat data, so unchanged files are not
 /// hashed again.
 fn save_patch(slot: &Slot, patch_path: &Path) -> Result<Option<Patch>, SlotError> {

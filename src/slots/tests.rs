@@ -454,7 +454,9 @@ fn recover_frees_slots_of_dead_tasks_and_finishes_cleaning() {
 
     let lines = manager.recover(&|id| id == alive.slot_id).unwrap();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[0].starts_with("workspace-app-slot1: allocated slot cleaned and available (task s/dead); uncommitted changes saved to "), "{lines:?}");
+    let dead_line = "workspace-app-slot1: allocated slot cleaned and available (task s/dead); \
+                     uncommitted changes saved to ";
+    assert!(lines[0].starts_with(dead_line), "{lines:?}");
     assert_eq!(
         lines[1],
         "workspace-app-slot3: cleaning slot cleaned and available (task s/cleaning)"
