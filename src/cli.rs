@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use dispatcher::config::Config;
+use dispatcher::slots::{self, SlotManager};
 use dispatcher::statedir::StateDir;
 use dispatcher::status::StatusReport;
 use dispatcher::{Dispatcher, RunOutcome};
@@ -43,6 +44,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the workspace slots of each repository pool: state, task, use and disk size.
+    Slots {
+        /// Print the pools and slots as JSON.
+        #[arg(long)]
+        json: bool,
+
+        #[command(subcommand)]
+        action: Option<SlotsAction>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SlotsAction {
+    /// Create, grow or shrink the pools to match [repo_pool], and repair slots in error.
+    ///
+    /// Only free slots are removed; slots in use go on a later sync.
+    Sync,
 }
 
 pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
@@ -50,6 +68,10 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Run { until_idle } => run(config, *until_idle),
         Command::Status { json } => status(&config, *json),
+        Command::Slots { json, action } => match action {
+            None => slots_list(&config, *json),
+            Some(SlotsAction::Sync) => slots_sync(&config),
+        },
     }
 }
 
@@ -95,6 +117,32 @@ fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
         println!("{text}");
     } else {
         print!("{}", report.render());
+    }
+    Ok(0)
+}
+
+fn slots_list(config: &Config, json: bool) -> anyhow::Result<u8> {
+    let pools = SlotManager::new(&config.repo_pool)
+        .list()
+        .context("cannot list the workspace slots")?;
+    if json {
+        let text = serde_json::to_string_pretty(&pools).context("cannot encode the slots")?;
+        println!("{text}");
+    } else {
+        print!("{}", slots::render(&pools));
+    }
+    Ok(0)
+}
+
+fn slots_sync(config: &Config) -> anyhow::Result<u8> {
+    let lines = SlotManager::new(&config.repo_pool)
+        .sync()
+        .context("cannot sync the workspace slots")?;
+    if lines.is_empty() {
+        println!("slots: every pool matches the config");
+    }
+    for line in lines {
+        println!("{line}");
     }
     Ok(0)
 }

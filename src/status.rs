@@ -389,7 +389,7 @@ impl StatusReport {
     }
 }
 
-fn format_seconds(seconds: f64) -> String {
+pub(crate) fn format_seconds(seconds: f64) -> String {
     // Whole seconds are enough for people; the JSON keeps the fraction.
     let total = seconds.max(0.0).round() as u64;
     let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
@@ -402,7 +402,7 @@ fn format_seconds(seconds: f64) -> String {
     }
 }
 
-fn section(
+pub(crate) fn section(
     out: &mut String,
     title: &str,
     header: &[&str],

@@ -36,3 +36,62 @@ fn dependent_tasks_run_to_done_and_exit_zero() {
         "a runs before b: {ledger}"
     );
 }
+
+/// Runs git for test setup, with an identity of its own so that it works on a fresh machine.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Smoke",
+            "-c",
+            "user.email=smoke@example.com",
+            "-C",
+        ])
+        .arg(dir)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn slots_sync_creates_the_pool_and_slots_lists_it() {
+    let env = Env::new();
+    let origin = env.path().join("origin");
+    std::fs::create_dir(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(origin.join("README.md"), "hi\n").unwrap();
+    git(&origin, &["add", "README.md"]);
+    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    env.config(
+        "",
+        "[repo_pool]\ndir = \"ws\"\n\n[[repo_pool.repos]]\nname = \"demo\"\nurl = \"origin\"\nslots = 2\n",
+    );
+
+    let out = env.output(&["slots", "sync"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("workspace-demo-slot2: added"), "{stdout}");
+
+    let out = env.output(&["slots", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pools: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pools[0]["repo_name"], "demo");
+    assert_eq!(pools[0]["slots"].as_array().unwrap().len(), 2);
+    assert_eq!(pools[0]["slots"][0]["state"], "available");
+
+    let out = env.output(&["slots"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("workspace-demo-slot1  available"),
+        "{stdout}"
+    );
+}

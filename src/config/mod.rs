@@ -12,6 +12,8 @@ use std::time::Duration;
 pub use duration::parse_duration;
 use tree::{Item, Lines, Node, Problem};
 
+use crate::slots::{self, RepoConfig};
+
 /// The whole configuration, with every default filled in and every relative path resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,6 +25,8 @@ pub struct Config {
     /// Skill → pool names, in the order written. The key `default` covers tasks whose skill has
     /// no entry of its own.
     pub skill_mapping: BTreeMap<String, Vec<String>>,
+    /// `[repo_pool]`: where task checkouts live and which repositories get them.
+    pub repo_pool: RepoPoolSettings,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -92,6 +96,15 @@ impl RetrySettings {
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     pub dir: PathBuf,
+}
+
+/// `[repo_pool]`.
+#[derive(Debug, Clone)]
+pub struct RepoPoolSettings {
+    /// The NecroCode workspaces directory: `<dir>/<repo>/pool.json`, `<dir>/<repo>/slot<N>/`.
+    pub dir: PathBuf,
+    /// `[[repo_pool.repos]]`, in the order written; names are unique.
+    pub repos: Vec<RepoConfig>,
 }
 
 /// `[agent_pools.<name>]`.
@@ -180,6 +193,7 @@ const SECTIONS: &[&str] = &[
     "task_registry",
     "agent_pools",
     "skill_mapping",
+    "repo_pool",
 ];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
@@ -193,6 +207,8 @@ const DISPATCHER_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "max_delay"];
 const REGISTRY_KEYS: &[&str] = &["dir"];
+const REPO_POOL_KEYS: &[&str] = &["dir", "repos"];
+const REPO_KEYS: &[&str] = &["name", "url", "slots", "base_branch", "branch_pattern"];
 const POOL_KEYS: &[&str] = &[
     "type",
     "max_concurrency",
@@ -249,6 +265,10 @@ impl Config {
             },
             agent_pools: BTreeMap::new(),
             skill_mapping: BTreeMap::new(),
+            repo_pool: RepoPoolSettings {
+                dir: base_dir.join("workspaces"),
+                repos: Vec::new(),
+            },
             base_dir: base_dir.to_path_buf(),
         }
     }
@@ -348,7 +368,98 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
             config.skill_mapping.insert(item.name.to_owned(), pools);
         }
     }
+    if let Some(section) = root.get("repo_pool") {
+        decode_repo_pool(&section, base_dir, &mut config.repo_pool)?;
+    }
     Ok(config)
+}
+
+fn decode_repo_pool(
+    section: &Item<'_>,
+    base_dir: &Path,
+    settings: &mut RepoPoolSettings,
+) -> Result<(), Problem> {
+    let table = section.table()?;
+    table.deny_unknown(REPO_POOL_KEYS)?;
+    if let Some(item) = table.get("dir") {
+        settings.dir = path_value(&item, base_dir)?;
+    }
+    if let Some(item) = table.get("repos") {
+        for entry in item.array()? {
+            let repo = decode_repo(&entry, base_dir)?;
+            if settings.repos.iter().any(|known| known.name == repo.name) {
+                return Err(entry.problem(format!("repository {:?} is listed twice", repo.name)));
+            }
+            settings.repos.push(repo);
+        }
+    }
+    Ok(())
+}
+
+/// One `[[repo_pool.repos]]` table.
+fn decode_repo(section: &Item<'_>, base_dir: &Path) -> Result<RepoConfig, Problem> {
+    let table = section.table()?;
+    table.deny_unknown(REPO_KEYS)?;
+    let Some(name_item) = table.get("name") else {
+        return Err(section.problem("missing key \"name\" (the repository's name)"));
+    };
+    let name = name_item.str()?;
+    // The name becomes `<dir>/<name>/` and part of every slot id.
+    crate::names::validate("repository name", name)
+        .map_err(|err| name_item.problem(err.to_string()))?;
+    let Some(url_item) = table.get("url") else {
+        return Err(section.problem("missing key \"url\" (what to clone)"));
+    };
+    let url = url_item.str()?;
+    if url.is_empty() {
+        return Err(url_item.problem("must not be empty"));
+    }
+    let slots = match table.get("slots") {
+        Some(item) => item.integer(1)?,
+        None => 2,
+    };
+    let base_branch = match table.get("base_branch") {
+        Some(item) => {
+            let branch = item.str()?;
+            if slots::branch::sanitize(branch) != branch {
+                return Err(item.problem(format!("{branch:?} is not a valid branch name")));
+            }
+            branch.to_owned()
+        }
+        None => "main".to_owned(),
+    };
+    let branch_pattern = match table.get("branch_pattern") {
+        Some(item) => {
+            let pattern = item.str()?;
+            slots::branch::check_pattern(pattern).map_err(|message| item.problem(message))?;
+            pattern.to_owned()
+        }
+        None => slots::DEFAULT_BRANCH_PATTERN.to_owned(),
+    };
+    Ok(RepoConfig {
+        name: name.to_owned(),
+        url: repo_url(url, base_dir),
+        slots,
+        base_branch,
+        branch_pattern,
+    })
+}
+
+/// A local path written relative to the config file is anchored to it, as git would
+/// otherwise resolve it against whichever directory it runs in. URLs (`scheme://…`) and
+/// scp-like addresses (`host:path`, a colon before any slash) are left as written, which is
+/// the same test git itself uses to tell them from paths.
+fn repo_url(url: &str, base_dir: &Path) -> String {
+    let is_url = url.contains("://");
+    let scp_like = match url.find(':') {
+        Some(colon) => !url[..colon].contains('/'),
+        None => false,
+    };
+    if is_url || scp_like || Path::new(url).is_absolute() {
+        url.to_owned()
+    } else {
+        resolve(base_dir, url).to_string_lossy().into_owned()
+    }
 }
 
 fn decode_dispatcher(
@@ -1064,6 +1175,118 @@ default = "backend"
         let config = parse_ok("[agent_pools.gpu]\ncommand = [\"y\"]\n");
         assert!(config.pools_for_skill(Some("rust")).is_empty());
         assert!(config.pools_for_skill(None).is_empty());
+    }
+
+    #[test]
+    fn repo_pool_parses_with_defaults_and_anchored_paths() {
+        let config = parse_ok(
+            r#"
+            [repo_pool]
+            dir = "ws"
+
+            [[repo_pool.repos]]
+            name = "chat-app"
+            url = "../origins/chat-app"
+
+            [[repo_pool.repos]]
+            name = "api"
+            url = "git@example.com:team/api.git"
+            slots = 4
+            base_branch = "develop"
+            branch_pattern = "agent/{spec}-{task_id}"
+
+            [[repo_pool.repos]]
+            name = "web"
+            url = "https://example.com/team/web.git"
+
+            [[repo_pool.repos]]
+            name = "abs"
+            url = "/srv/git/abs"
+            "#,
+        );
+        let pool = &config.repo_pool;
+        assert_eq!(pool.dir, Path::new("/etc/necro/ws"));
+        let chat = &pool.repos[0];
+        assert_eq!(chat.name, "chat-app");
+        assert_eq!(chat.url, "/etc/necro/../origins/chat-app");
+        assert_eq!(chat.slots, 2);
+        assert_eq!(chat.base_branch, "main");
+        assert_eq!(chat.branch_pattern, "task/{spec}/{task_id}");
+        let api = &pool.repos[1];
+        assert_eq!(api.url, "git@example.com:team/api.git");
+        assert_eq!(api.slots, 4);
+        assert_eq!(api.base_branch, "develop");
+        assert_eq!(api.branch_pattern, "agent/{spec}-{task_id}");
+        assert_eq!(pool.repos[2].url, "https://example.com/team/web.git");
+        assert_eq!(pool.repos[3].url, "/srv/git/abs");
+
+        let default = parse_ok("").repo_pool;
+        assert_eq!(default.dir, Path::new("/etc/necro/workspaces"));
+        assert!(default.repos.is_empty());
+    }
+
+    #[test]
+    fn repo_pool_errors_name_key_and_line() {
+        let err = parse_err(
+            "[repo_pool]\ndir = \"ws\"\n\n[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\nslot = 3\n",
+            7,
+        );
+        assert!(
+            err.starts_with(&format!(
+                "{ORIGIN}:7: repo_pool.repos[0]: unknown key \"slot\""
+            )),
+            "{err}"
+        );
+        let err = parse_err("[repo_pool]\nworkspaces = \"ws\"\n", 2);
+        assert!(
+            err.contains("repo_pool: unknown key \"workspaces\""),
+            "{err}"
+        );
+        let repo = "[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\n";
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "slots = 0\n",
+                4,
+                "repo_pool.repos[0].slots: must be at least 1",
+            ),
+            (
+                "base_branch = \"a..b\"\n",
+                4,
+                "repo_pool.repos[0].base_branch: \"a..b\" is not a valid branch name",
+            ),
+            (
+                "branch_pattern = \"t/{task}\"\n",
+                4,
+                "repo_pool.repos[0].branch_pattern: unknown placeholder {task}",
+            ),
+            (
+                "branch_pattern = \"t/{task_id}\"\n",
+                4,
+                "must contain {spec}",
+            ),
+            (
+                "[[repo_pool.repos]]\nname = \"a\"\nurl = \"y\"\n",
+                5,
+                "repository \"a\" is listed twice",
+            ),
+        ];
+        for (extra, line, expected) in cases {
+            let err = parse_err(&format!("{repo}{extra}"), *line);
+            assert!(
+                err.contains(expected),
+                "{extra}\n=> {err}\nwanted {expected}"
+            );
+        }
+        let err = parse_err("[[repo_pool.repos]]\nname = \"../a\"\nurl = \"x\"\n", 2);
+        assert!(
+            err.contains("repo_pool.repos[0].name: invalid repository name \"../a\""),
+            "{err}"
+        );
+        let err = parse_err("[[repo_pool.repos]]\nname = \"a\"\n", 2);
+        assert!(
+            err.contains("repo_pool.repos[0]: missing key \"url\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -239,7 +239,16 @@ impl<'a> Item<'a> {
             .map(|(index, node)| Item {
                 name: self.name,
                 path: format!("{}[{index}]", self.path),
-                line: self.line,
+                // All `[[x]]` tables share the one key `x`, whose line is the first header's;
+                // a table's own first key says which of them is meant.
+                line: match node {
+                    Node::Table(entries) => entries
+                        .iter()
+                        .map(|(key, _)| self.lines.line_of(key.span()))
+                        .min()
+                        .or(self.line),
+                    _ => self.line,
+                },
                 node,
                 lines: self.lines,
             })
