@@ -18,6 +18,7 @@ pub mod placeholders;
 pub mod registry;
 pub mod runner_env;
 pub mod scheduler;
+pub mod slot_worker;
 pub mod slots;
 pub mod statedir;
 pub mod status;

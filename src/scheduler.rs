@@ -51,13 +51,22 @@ pub struct QueuedTask {
     pub ready_at: NaiveDateTime,
     /// Indices of the pools that can serve the task's skill, in preference order.
     pub pools: Arc<[usize]>,
+    /// The repository whose workspace slot the task needs, if any.
+    pub repo: Option<Arc<str>>,
+}
+
+/// What a queued task needs besides a pool.
+#[derive(Clone, Debug)]
+struct Needs {
+    pools: Arc<[usize]>,
+    repo: Option<Arc<str>>,
 }
 
 /// The runnable tasks in policy order.
 #[derive(Debug)]
 pub struct Queue {
     policy: SchedulingPolicy,
-    order: BTreeMap<Position, Arc<[usize]>>,
+    order: BTreeMap<Position, Needs>,
     /// Positions by spec, then task id, so that refreshing one spec costs that spec only.
     positions: HashMap<Arc<str>, HashMap<Arc<str>, Position>>,
 }
@@ -97,7 +106,11 @@ impl Queue {
             ready_at: task.ready_at,
             key: task.key.clone(),
         };
-        self.order.insert(position.clone(), task.pools);
+        let needs = Needs {
+            pools: task.pools,
+            repo: task.repo,
+        };
+        self.order.insert(position.clone(), needs);
         self.positions
             .entry(task.key.spec.clone())
             .or_default()
@@ -125,9 +138,27 @@ impl Queue {
         }
     }
 
-    /// Tasks in the order they would be taken.
+    /// Tasks in the order they would be taken, with the pools that can serve them.
     pub fn iter(&self) -> impl Iterator<Item = (&TaskKey, &[usize])> {
-        self.order.iter().map(|(p, pools)| (&p.key, &**pools))
+        self.order.iter().map(|(p, needs)| (&p.key, &*needs.pools))
+    }
+
+    /// Tasks in order with everything they need: pools and a repository's slot.
+    pub fn iter_needs(&self) -> impl Iterator<Item = (&TaskKey, &[usize], Option<&str>)> {
+        self.order
+            .iter()
+            .map(|(p, needs)| (&p.key, &*needs.pools, needs.repo.as_deref()))
+    }
+
+    /// Queued tasks that need a slot of a repository with none free.
+    pub fn waiting_for_slots<'a>(
+        &'a self,
+        free: &'a HashMap<Arc<str>, usize>,
+    ) -> impl Iterator<Item = (&'a TaskKey, &'a str)> + 'a {
+        self.order.iter().filter_map(move |(p, needs)| {
+            let repo = needs.repo.as_ref()?;
+            (free.get(repo).copied().unwrap_or(0) == 0).then_some((&p.key, &**repo))
+        })
     }
 }
 
@@ -145,16 +176,30 @@ impl PoolLoad {
     }
 }
 
-/// Chooses the next assignments: `(task, pool index)` pairs, in queue order. `loads` is
-/// updated as if the assignments had started, so a caller that fails to start one must
-/// give its slot back.
-pub fn plan(queue: &Queue, loads: &mut [PoolLoad], global_free: usize) -> Vec<(TaskKey, usize)> {
+/// Chooses the next assignments: `(task, pool index)` pairs, in queue order. `loads` and
+/// `free_slots` (free workspace slots per repository; a repository missing from it has none)
+/// are updated as if the assignments had started, so a caller that fails to start one must
+/// give its capacity back.
+pub fn plan(
+    queue: &Queue,
+    loads: &mut [PoolLoad],
+    free_slots: &mut HashMap<Arc<str>, usize>,
+    global_free: usize,
+) -> Vec<(TaskKey, usize)> {
     let mut assignments = Vec::new();
     let mut global_free = global_free;
     let mut pools_with_room = loads.iter().filter(|l| l.has_room()).count();
-    for (key, pools) in queue.iter() {
+    for (position, needs) in &queue.order {
         if global_free == 0 || pools_with_room == 0 {
             break;
+        }
+        let key = &position.key;
+        let pools = &needs.pools;
+        // A task whose repository has no free slot waits without holding up the others.
+        if let Some(repo) = &needs.repo {
+            if free_slots.get(repo).copied().unwrap_or(0) == 0 {
+                continue;
+            }
         }
         // Least loaded by running/max; the first listed wins a tie. Compared as
         // cross-products to stay in integers.
@@ -167,6 +212,13 @@ pub fn plan(queue: &Queue, loads: &mut [PoolLoad], global_free: usize) -> Vec<(T
                 (la.running * lb.max).cmp(&(lb.running * la.max))
             });
         let Some(pool) = best else { continue };
+        if let Some(free) = needs
+            .repo
+            .as_ref()
+            .and_then(|repo| free_slots.get_mut(repo))
+        {
+            *free -= 1;
+        }
         loads[pool].running += 1;
         if !loads[pool].has_room() {
             pools_with_room -= 1;
@@ -194,6 +246,7 @@ mod tests {
             priority,
             ready_at: at(second),
             pools: pools.into(),
+            repo: None,
         }
     }
 
@@ -248,7 +301,7 @@ mod tests {
         q.insert(task("busy-first", 9, 0, &[0]));
         q.insert(task("idle-second", 1, 0, &[1]));
         let mut l = loads(&[(1, 1), (0, 1)]);
-        let plan = plan(&q, &mut l, 10);
+        let plan = plan(&q, &mut l, &mut HashMap::new(), 10);
         assert_eq!(plan, vec![(TaskKey::new("s", "idle-second"), 1)]);
     }
 
@@ -260,7 +313,7 @@ mod tests {
         }
         // Pool 0 is half full (1/2), pool 1 empty (0/4): pool 1 first.
         let mut l = loads(&[(1, 2), (0, 4)]);
-        let plan = plan(&q, &mut l, 10);
+        let plan = plan(&q, &mut l, &mut HashMap::new(), 10);
         assert_eq!(
             plan.len(),
             5,
@@ -278,7 +331,35 @@ mod tests {
             q.insert(task(&format!("t{i}"), 0, i, &[0]));
         }
         let mut l = loads(&[(0, 8)]);
-        assert_eq!(plan(&q, &mut l, 3).len(), 3);
+        assert_eq!(plan(&q, &mut l, &mut HashMap::new(), 3).len(), 3);
+    }
+
+    #[test]
+    fn repository_without_free_slots_does_not_block_others() {
+        let mut q = Queue::new(SchedulingPolicy::Priority);
+        let mut busy_repo = task("repo-a", 9, 0, &[0]);
+        busy_repo.repo = Some("a".into());
+        let mut other_repo = task("repo-b", 5, 0, &[0]);
+        other_repo.repo = Some("b".into());
+        let mut second_b = task("repo-b-2", 4, 0, &[0]);
+        second_b.repo = Some("b".into());
+        q.insert(busy_repo);
+        q.insert(other_repo);
+        q.insert(second_b);
+        q.insert(task("no-repo", 1, 0, &[0]));
+        let mut free: HashMap<Arc<str>, usize> = [("a".into(), 0), ("b".into(), 1)].into();
+        let mut l = loads(&[(0, 8)]);
+        let picked: Vec<String> = plan(&q, &mut l, &mut free, 10)
+            .into_iter()
+            .map(|(k, _)| k.id.to_string())
+            .collect();
+        assert_eq!(picked, ["repo-b", "no-repo"], "one slot of b, none of a");
+        assert_eq!(free[&Arc::from("b")], 0);
+        let waiting: Vec<String> = q
+            .waiting_for_slots(&free)
+            .map(|(k, _)| k.id.to_string())
+            .collect();
+        assert_eq!(waiting, ["repo-a", "repo-b", "repo-b-2"]);
     }
 
     #[test]
@@ -290,6 +371,6 @@ mod tests {
             max: 4,
             enabled: false,
         }];
-        assert!(plan(&q, &mut l, 10).is_empty());
+        assert!(plan(&q, &mut l, &mut HashMap::new(), 10).is_empty());
     }
 }

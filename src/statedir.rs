@@ -71,6 +71,15 @@ impl StateDir {
         self.root.join("runners").join(runner_id)
     }
 
+    /// Where a task's uncommitted changes are saved when its slot is released.
+    pub fn patch_path(&self, spec: &str, task_id: &str, attempt: u32) -> PathBuf {
+        self.root
+            .join("patches")
+            .join(spec)
+            .join(task_id)
+            .join(format!("attempt-{attempt}.patch"))
+    }
+
     pub fn scratch_dir(&self, spec: &str, task_id: &str) -> PathBuf {
         self.root.join("scratch").join(spec).join(task_id)
     }

@@ -37,6 +37,25 @@ pub struct StatusReport {
     pub unroutable: Vec<UnroutableStatus>,
     pub blocked_forever: Vec<StuckStatus>,
     pub tasksets: Vec<TasksetStatus>,
+    /// Runnable tasks waiting for a free workspace slot of their repository.
+    #[serde(default)]
+    pub waiting_for_slot: Vec<SlotWaitStatus>,
+    /// The last slot failure per repository (the slot is in `error` until `slots sync`).
+    #[serde(default)]
+    pub slot_errors: Vec<SlotErrorStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotWaitStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub repo: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotErrorStatus {
+    pub repo: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -358,6 +377,25 @@ impl StatusReport {
                 ]
             });
             section(&mut out, "NO POOL SERVES", &["TASK", "SKILL"], rows);
+        }
+        if !self.waiting_for_slot.is_empty() {
+            let rows = self
+                .waiting_for_slot
+                .iter()
+                .map(|w| vec![format!("{}/{}", w.spec, w.task_id), w.repo.clone()]);
+            section(
+                &mut out,
+                "WAITING FOR A SLOT",
+                &["TASK", "REPOSITORY"],
+                rows,
+            );
+        }
+        if !self.slot_errors.is_empty() {
+            let rows = self
+                .slot_errors
+                .iter()
+                .map(|e| vec![e.repo.clone(), e.error.clone()]);
+            section(&mut out, "SLOT ERRORS", &["REPOSITORY", "ERROR"], rows);
         }
         if !self.blocked_forever.is_empty() {
             let rows = self

@@ -10,26 +10,29 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDateTime;
 use serde_json::json;
 
-use super::{Core, Finish, Running, WRITE_RETRY};
+use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
 use crate::registry::{Event, Task, TaskState, Taskset};
 use crate::scheduler::{self, PoolLoad, TaskKey};
+use crate::slots::Allocation;
 use crate::supervisor::{Exit, RunnerDir, StopReason};
 use crate::timefmt;
 use crate::view;
 
-/// A task picked for a pool, with the id its runner will have.
-struct Pick {
-    key: TaskKey,
-    pool: usize,
+/// A task picked for a pool, with the id its runner will have. Its place in the pool is
+/// counted from the moment it is picked.
+pub(super) struct Pick {
+    pub(super) key: TaskKey,
+    pub(super) pool: usize,
     runner_id: String,
 }
 
 #[derive(Default)]
 struct Batch {
     finishes: Vec<Finish>,
-    picks: Vec<Pick>,
+    picks: Vec<(Pick, Option<Allocation>)>,
+    artifacts: Vec<(TaskKey, serde_json::Value)>,
 }
 
 /// What writing an attempt's end did to its task.
@@ -45,9 +48,10 @@ pub(super) enum Verdict {
     Gone,
 }
 
-/// A claim made in the write: the task and its attempt number.
+/// A claim made in the write: the task, its slot and its attempt number.
 struct Claimed {
     pick: Pick,
+    slot: Option<Allocation>,
     attempt: u32,
 }
 
@@ -67,19 +71,40 @@ impl Core {
                 batches.entry(spec).or_default().finishes.push(finish);
             }
         }
-        for pick in picks {
+        let with_slots = std::mem::take(&mut self.allocated)
+            .into_iter()
+            .map(|(pick, slot)| (pick, Some(slot)));
+        for (pick, slot) in picks.into_iter().map(|p| (p, None)).chain(with_slots) {
             batches
                 .entry(pick.key.spec.clone())
                 .or_default()
                 .picks
-                .push(pick);
+                .push((pick, slot));
+        }
+        for (key, artifact) in std::mem::take(&mut self.pending_artifacts) {
+            let suspended = self
+                .specs
+                .get(&*key.spec)
+                .is_some_and(|s| s.suspended_until.is_some());
+            if suspended {
+                self.pending_artifacts.push((key, artifact));
+            } else {
+                let spec = key.spec.clone();
+                batches
+                    .entry(spec)
+                    .or_default()
+                    .artifacts
+                    .push((key, artifact));
+            }
         }
         for (spec, batch) in batches {
             self.write_batch(&spec, batch);
         }
     }
 
-    /// The next assignments, within the global and per-pool caps.
+    /// The next assignments, within the global and per-pool caps and the free slots of
+    /// each repository. Picks that need a slot go to the slot threads; the others are
+    /// returned, to be claimed now.
     fn plan(&mut self) -> Vec<Pick> {
         if self.drain.is_some() || !self.scanned || self.queue.is_empty() {
             return Vec::new();
@@ -88,7 +113,7 @@ impl Core {
             .config
             .dispatcher
             .max_global_concurrency
-            .saturating_sub(self.running.len());
+            .saturating_sub(self.running.len() + self.allocating.len() + self.allocated.len());
         if global_free == 0 {
             return Vec::new();
         }
@@ -104,25 +129,39 @@ impl Core {
                 }
             })
             .collect();
-        let plan = scheduler::plan(&self.queue, &mut loads, global_free);
-        plan.into_iter()
-            .map(|(key, pool)| {
-                self.runner_seq += 1;
-                let runner_id = format!(
-                    "runner-{}-{}-{}",
-                    self.pools[pool].name, self.run_prefix, self.runner_seq
-                );
-                Pick {
-                    key,
-                    pool,
-                    runner_id,
-                }
-            })
-            .collect()
+        let plan = scheduler::plan(&self.queue, &mut loads, &mut self.free_slots, global_free);
+        let mut picks = Vec::with_capacity(plan.len());
+        for (key, pool) in plan {
+            self.runner_seq += 1;
+            let runner_id = format!(
+                "runner-{}-{}-{}",
+                self.pools[pool].name, self.run_prefix, self.runner_seq
+            );
+            self.pools[pool].running += 1;
+            let pick = Pick {
+                key,
+                pool,
+                runner_id,
+            };
+            let task = self
+                .specs
+                .get(&*pick.key.spec)
+                .and_then(|s| s.taskset.clone())
+                .and_then(|ts| ts.task(&pick.key.id).cloned());
+            match task.as_ref().and_then(|t| self.repo_of(t)) {
+                Some(repo) => self.allocate(pick, &repo),
+                None => picks.push(pick),
+            }
+        }
+        picks
     }
 
     fn write_batch(&mut self, spec: &str, batch: Batch) {
-        let Batch { finishes, picks } = batch;
+        let Batch {
+            finishes,
+            picks,
+            artifacts,
+        } = batch;
         let now = timefmt::now();
         let now_text = timefmt::format(now);
         let retry = self.config.retry.clone();
@@ -138,19 +177,27 @@ impl Core {
             } else {
                 Vec::new()
             };
-            let mut claimed = Vec::new();
-            for pick in picks {
-                let name = &pool_names[pick.pool];
-                if let Some(attempt) = claim(taskset, &pick, name, &owner, &now_text) {
-                    claimed.push(Claimed { pick, attempt });
+            let attempts: Vec<Option<u32>> = picks
+                .iter()
+                .map(|(pick, slot)| {
+                    let name = &pool_names[pick.pool];
+                    claim(taskset, pick, slot.as_ref(), name, &owner, &now_text)
+                })
+                .collect();
+            let mut added = false;
+            for (key, artifact) in &artifacts {
+                if let Some(task) = taskset.task_mut(&key.id) {
+                    task.artifacts.push(artifact.clone());
+                    added = true;
                 }
             }
             let changed = verdicts.iter().any(|v| !matches!(v, Verdict::Gone))
                 || !unblocked.is_empty()
-                || !claimed.is_empty();
-            ((verdicts, unblocked, claimed), changed)
+                || attempts.iter().any(Option::is_some)
+                || added;
+            ((verdicts, unblocked, attempts), changed)
         });
-        let ((verdicts, unblocked, claimed), taskset, fingerprint) = match result {
+        let ((verdicts, unblocked, attempts), taskset, fingerprint) = match result {
             Ok(done) => done,
             Err(err) => {
                 let what = if finishes.is_empty() {
@@ -159,10 +206,26 @@ impl Core {
                     "record the end of attempts in"
                 };
                 self.pending.extend(finishes);
+                self.pending_artifacts.extend(artifacts);
+                // Nothing was claimed: the picks' pool places and slots go back.
+                for (pick, slot) in picks {
+                    self.give_back(&pick, slot);
+                }
                 self.write_failed(spec, &format!("cannot {what} {spec}: {err}"));
                 return;
             }
         };
+        let mut claimed = Vec::new();
+        for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {
+            match attempt {
+                Some(attempt) => claimed.push(Claimed {
+                    pick,
+                    slot,
+                    attempt,
+                }),
+                None => self.give_back(&pick, slot),
+            }
+        }
         if let (Some(monitor), Some(fingerprint)) = (&self.monitor, fingerprint) {
             monitor.note_written(spec, fingerprint);
         }
@@ -173,6 +236,7 @@ impl Core {
             events.extend(finish_events(finish, verdict));
             log_verdict(finish, verdict, &unblocked);
             self.claimed.remove(&finish.run.key);
+            self.release_after(finish);
             changed.push(finish.run.key.id.to_string());
             // The registry now says how the attempt ended; the runner's files have served.
             if crate::names::validate("runner id", &finish.run.runner_id).is_ok() {
@@ -204,14 +268,34 @@ impl Core {
         self.refresh_tasks(spec, &taskset, &changed);
         for c in claimed {
             let task = taskset.task(&c.pick.key.id).expect("claimed task exists");
-            self.launch(c.pick, task, c.attempt);
+            self.launch(c.pick, c.slot, task, c.attempt);
         }
         self.snapshot_dirty = true;
     }
 
+    /// A pick that was not claimed (its task changed meanwhile): its pool place and its slot
+    /// go back.
+    fn give_back(&mut self, pick: &Pick, slot: Option<Allocation>) {
+        self.pools[pick.pool].running -= 1;
+        if let Some(slot) = slot {
+            let repo = self
+                .specs
+                .get(&*pick.key.spec)
+                .and_then(|s| s.taskset.clone())
+                .and_then(|ts| ts.task(&pick.key.id).and_then(|t| self.repo_of(t)));
+            if let Some(repo) = repo {
+                let hold = SlotHold {
+                    repo: repo.to_string(),
+                    slot_id: slot.slot_id,
+                };
+                self.release(&pick.key, hold, 0);
+            }
+        }
+    }
+
     /// Counts the claimed task as running (its capacity is taken from now on) and hands its
     /// start to a launcher thread.
-    fn launch(&mut self, pick: Pick, task: &Task, attempt: u32) {
+    fn launch(&mut self, pick: Pick, slot: Option<Allocation>, task: &Task, attempt: u32) {
         let Pick {
             key,
             pool,
@@ -219,14 +303,25 @@ impl Core {
         } = pick;
         let pool_name = self.pools[pool].name.clone();
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
+        let hold = slot.as_ref().and_then(|s| {
+            let repo = self.repo_of(task)?;
+            Some(SlotHold {
+                repo: repo.to_string(),
+                slot_id: s.slot_id.clone(),
+            })
+        });
+        let (workdir, repo_url) = match slot {
+            Some(slot) => (slot.slot_path, Some(slot.repo_url)),
+            None => (self.state.scratch_dir(&key.spec, &key.id), None),
+        };
         let job = LaunchSpec {
             runner_id: runner_id.clone(),
             pool_name,
             spec: key.spec.to_string(),
             task: task.clone(),
             attempt,
-            workdir: self.state.scratch_dir(&key.spec, &key.id),
-            repo_url: None,
+            workdir,
+            repo_url,
             log_path: log_path.clone(),
             runner_dir: RunnerDir::new(self.state.runner_dir(&runner_id)),
             owner: self.owner.clone(),
@@ -234,12 +329,12 @@ impl Core {
             stop_grace: self.config.dispatcher.stop_grace_period,
             max_log_bytes: self.config.dispatcher.max_log_bytes,
         };
-        self.pools[pool].running += 1;
         self.running.insert(
             runner_id.clone(),
             Running {
                 key,
                 runner_id,
+                slot: hold,
                 pool: Some(pool),
                 adopted: false,
                 attempt,
@@ -278,9 +373,16 @@ impl Core {
     }
 }
 
-/// READY→RUNNING for one pick, if the task is still ready with its dependencies done.
-/// Returns the attempt number.
-fn claim(taskset: &mut Taskset, pick: &Pick, pool: &str, owner: &str, now: &str) -> Option<u32> {
+/// READY→RUNNING for one pick, if the task is still ready with its dependencies done,
+/// recording its slot and branch. Returns the attempt number.
+fn claim(
+    taskset: &mut Taskset,
+    pick: &Pick,
+    slot: Option<&Allocation>,
+    pool: &str,
+    owner: &str,
+    now: &str,
+) -> Option<u32> {
     let runnable = taskset.task(&pick.key.id).is_some_and(|task| {
         task.state == TaskState::Ready && view::dependencies_done(taskset, task)
     });
@@ -299,6 +401,10 @@ fn claim(taskset: &mut Taskset, pick: &Pick, pool: &str, owner: &str, now: &str)
     task.state = TaskState::Running;
     task.runner_id = Some(pick.runner_id.clone());
     task.updated_at = Some(now.to_string());
+    if let Some(slot) = slot {
+        task.assigned_slot = Some(slot.slot_id.clone());
+        task.reserved_branch = Some(slot.branch.clone());
+    }
     Some(meta.attempts)
 }
 

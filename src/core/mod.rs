@@ -20,6 +20,7 @@ mod commit;
 mod placement;
 mod recovery;
 mod report;
+mod slots;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ use crate::supervisor::{Exit, StopReason};
 use crate::timefmt;
 use crate::watchdog::{RunnerEvent, WatchCommand, Watchdog};
 
+use crate::slot_worker::SlotWorkers;
+use crate::slots::{Allocation, SlotManager};
+use commit::Pick;
 use placement::RetryWait;
 
 /// How often the status snapshot is refreshed while something changes.
@@ -117,10 +121,18 @@ struct SpecState {
     never_runnable: Option<Vec<(String, String)>>,
 }
 
+/// The workspace slot a task holds.
+#[derive(Clone, Debug)]
+struct SlotHold {
+    repo: String,
+    slot_id: String,
+}
+
 /// A runner of ours (started or adopted) that has not ended yet.
 struct Running {
     key: TaskKey,
     runner_id: String,
+    slot: Option<SlotHold>,
     /// `None` for an adopted runner whose pool is no longer configured.
     pool: Option<usize>,
     adopted: bool,
@@ -161,6 +173,22 @@ pub struct Core {
     monitor: Option<Monitor>,
     /// Events of this turn that may wait for its end (runner starts), appended at once.
     outbox: Vec<Event>,
+    slots: SlotManager,
+    slot_workers: Option<SlotWorkers>,
+    /// Free slots per managed repository; filled once the slot threads have started.
+    free_slots: HashMap<Arc<str>, usize>,
+    slots_ready: bool,
+    /// Whether a repository named by a task has a slot pool (configured or on disk).
+    repo_managed: HashMap<String, bool>,
+    /// Picks waiting for their slot, and picks with a slot waiting for their claim.
+    allocating: HashMap<TaskKey, Pick>,
+    allocated: Vec<(Pick, Allocation)>,
+    /// Slot releases sent and not answered yet.
+    releasing: usize,
+    /// Patch artifacts of released slots, to add to their tasks in the next write.
+    pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
+    /// The last slot error per repository, for `status`.
+    slot_errors: BTreeMap<String, String>,
     /// Runner directories of recorded attempts, removed in batches (see `sweep`).
     finished_dirs: Vec<PathBuf>,
     last_sweep: Instant,
@@ -214,6 +242,16 @@ impl Core {
             launcher: None,
             monitor: None,
             outbox: Vec::new(),
+            slots: SlotManager::new(&config.repo_pool),
+            slot_workers: None,
+            free_slots: HashMap::new(),
+            slots_ready: false,
+            repo_managed: HashMap::new(),
+            allocating: HashMap::new(),
+            allocated: Vec::new(),
+            releasing: 0,
+            pending_artifacts: Vec::new(),
+            slot_errors: BTreeMap::new(),
             finished_dirs: Vec::new(),
             last_sweep: Instant::now(),
             queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
@@ -261,6 +299,12 @@ impl Core {
             Err(err) => log::error!("cannot start launcher threads: {err}"),
         }
         drop(parts.runner_events_tx);
+        let (slot_tx, slot_rx) = crossbeam_channel::unbounded();
+        match SlotWorkers::spawn(&self.slots, &slot_tx) {
+            Ok(workers) => self.slot_workers = Some(workers),
+            Err(err) => log::error!("cannot start slot threads: {err}"),
+        }
+        drop(slot_tx);
         self.watchdog = Some(parts.watchdog);
         let runner_rx = parts.runner_events;
         let control = parts.control;
@@ -294,6 +338,10 @@ impl Core {
                     Ok(event) => self.on_runner(event),
                     Err(_) => log::error!("watchdog gone"),
                 },
+                recv(slot_rx) -> msg => match msg {
+                    Ok(event) => self.on_slot(event),
+                    Err(_) => log::error!("slot threads gone"),
+                },
                 recv(registry_rx) -> msg => match msg {
                     Ok(event) => self.on_registry(event),
                     Err(_) => log::error!("registry monitor gone"),
@@ -303,6 +351,9 @@ impl Core {
             // Whatever else is already waiting joins this turn's commit.
             for event in runner_rx.try_iter().take(BATCH) {
                 self.on_runner(event);
+            }
+            for event in slot_rx.try_iter().take(BATCH) {
+                self.on_slot(event);
             }
             for event in registry_rx.try_iter().take(BATCH) {
                 self.on_registry(event);
@@ -325,6 +376,7 @@ impl Core {
         self.monitor.take();
         self.sweep(true);
         self.launcher.take();
+        self.slot_workers.take();
         self.watchdog.take();
         self.publish(true);
         drop(parts.lock);
@@ -557,6 +609,7 @@ impl Core {
                         self.specs.len(),
                         self.queue.len()
                     );
+                    self.start_slots();
                 }
                 self.scanned = true;
             }
@@ -582,7 +635,11 @@ impl Core {
             if !self.running.is_empty() {
                 return None;
             }
-            if !self.pending.is_empty() {
+            let slots_busy = !self.allocating.is_empty()
+                || !self.allocated.is_empty()
+                || self.releasing > 0
+                || !self.pending_artifacts.is_empty();
+            if !self.pending.is_empty() || slots_busy {
                 if !drain.stopping || Instant::now() < drain.deadline + WRITE_RETRY * 5 {
                     return None;
                 }
@@ -601,6 +658,10 @@ impl Core {
         }
         let busy = !self.running.is_empty()
             || !self.pending.is_empty()
+            || !self.allocating.is_empty()
+            || !self.allocated.is_empty()
+            || self.releasing > 0
+            || !self.pending_artifacts.is_empty()
             || !self.claimed.is_empty()
             || !self.retry.is_empty()
             || self.specs.values().any(|s| s.suspended_until.is_some())
@@ -635,12 +696,14 @@ impl Core {
         Some(outcome)
     }
 
-    /// Whether the queue holds a task that some enabled pool could take.
+    /// Whether the queue holds a task that some enabled pool could take, with a slot that
+    /// is free or may come free.
     fn queue_has_servable_task(&self) -> bool {
-        self.queue.iter().any(|(_, pools)| {
-            pools
+        self.queue.iter_needs().any(|(_, pools, repo)| {
+            let pool_open = pools
                 .iter()
-                .any(|&p| self.config.agent_pools[&self.pools[p].name].enabled)
+                .any(|&p| self.config.agent_pools[&self.pools[p].name].enabled);
+            pool_open && repo.is_none_or(|repo| self.slot_may_come(repo))
         })
     }
 

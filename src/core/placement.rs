@@ -189,7 +189,10 @@ impl Core {
             }
             TaskState::Done | TaskState::Failed => return,
         }
-        if self.claimed.contains_key(&key) || !view::dependencies_done(taskset, task) {
+        let reserved = self.claimed.contains_key(&key)
+            || self.allocating.contains_key(&key)
+            || self.allocated.iter().any(|(pick, _)| pick.key == key);
+        if reserved || !view::dependencies_done(taskset, task) {
             return;
         }
         let pools = self.route(task.required_skill.as_deref());
@@ -209,11 +212,13 @@ impl Core {
             return;
         }
         if !suspended {
+            let repo = self.repo_of(task);
             self.queue.insert(QueuedTask {
                 key,
                 priority: task.priority,
                 ready_at: view::ready_at(task, &meta),
                 pools,
+                repo,
             });
         }
     }

@@ -66,7 +66,9 @@ impl Core {
             .pool
             .as_deref()
             .and_then(|name| self.pools.iter().position(|p| p.name == name));
+        let slot = self.slot_hold_of(task);
         let mut run = Running {
+            slot,
             runner_id: runner_id.clone(),
             key: key.clone(),
             pool,

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use super::{Core, SNAPSHOT_INTERVAL, SNAPSHOT_KEEPALIVE};
 use crate::status::{
-    self, DispatcherInfo, PoolStatus, RetryStatus, RunnerStatus, StatusReport, StuckStatus,
-    TasksetStatus, UnroutableStatus,
+    self, DispatcherInfo, PoolStatus, RetryStatus, RunnerStatus, SlotErrorStatus, SlotWaitStatus,
+    StatusReport, StuckStatus, TasksetStatus, UnroutableStatus,
 };
 use crate::timefmt;
 
@@ -150,6 +150,23 @@ impl Core {
                 .collect(),
             blocked_forever,
             tasksets,
+            waiting_for_slot: self
+                .queue
+                .waiting_for_slots(&self.free_slots)
+                .map(|(key, repo)| SlotWaitStatus {
+                    spec: key.spec.to_string(),
+                    task_id: key.id.to_string(),
+                    repo: repo.to_string(),
+                })
+                .collect(),
+            slot_errors: self
+                .slot_errors
+                .iter()
+                .map(|(repo, error)| SlotErrorStatus {
+                    repo: repo.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -1,0 +1,190 @@
+//! The core's side of workspace slots: which tasks need one, free slots per repository,
+//! allocation before the claim, release (with the patch artifact) after each attempt. The
+//! git work itself happens on the slot threads.
+//!
+//! Order for a task that names a managed repository: the planner reserves a free slot of
+//! its repository and a place in its pool; a slot thread allocates the slot; the next commit
+//! claims the task with `assigned_slot` and `reserved_branch` set; the runner starts in the
+//! slot. No free slot → the task waits in the queue without holding up other repositories.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{Core, Finish, SlotHold};
+use crate::registry::{Task, TaskState};
+use crate::scheduler::TaskKey;
+use crate::slot_worker::{SlotEvent, SlotJob};
+use crate::timefmt;
+
+impl Core {
+    /// The managed repository a task's runner needs a slot of, if any. A task that names a
+    /// repository without a pool runs in a scratch directory, as one that names none.
+    pub(super) fn repo_of(&mut self, task: &Task) -> Option<Arc<str>> {
+        let repo = task.metadata.get("repo_name")?.as_str()?;
+        let managed = match self.repo_managed.get(repo) {
+            Some(managed) => *managed,
+            None => {
+                let managed = crate::names::validate("repository name", repo).is_ok()
+                    && self.slots.has_repo(repo);
+                if !managed {
+                    log::info!(
+                        "repository {repo:?} has no slot pool ([repo_pool]); its tasks run in scratch directories"
+                    );
+                }
+                self.repo_managed.insert(repo.to_string(), managed);
+                managed
+            }
+        };
+        managed.then(|| Arc::from(repo))
+    }
+
+    /// The slot a running task holds, from the registry.
+    pub(super) fn slot_hold_of(&mut self, task: &Task) -> Option<SlotHold> {
+        let repo = self.repo_of(task)?;
+        let slot_id = task.assigned_slot.clone()?;
+        Some(SlotHold {
+            repo: repo.to_string(),
+            slot_id,
+        })
+    }
+
+    /// After the first full read of the registry: create the pools and free the slots whose
+    /// tasks are no longer running (a crash left them allocated).
+    pub(super) fn start_slots(&mut self) {
+        let running_slots: Vec<String> = self
+            .specs
+            .values()
+            .filter_map(|s| s.taskset.as_ref())
+            .flat_map(|ts| ts.tasks.iter())
+            .filter(|t| t.state == TaskState::Running)
+            .filter_map(|t| t.assigned_slot.clone())
+            .collect();
+        self.send_slot_job(SlotJob::Start { running_slots });
+    }
+
+    fn send_slot_job(&self, job: SlotJob) {
+        match &self.slot_workers {
+            Some(workers) => workers.send(job),
+            None => log::error!("no slot threads: a slot job was dropped"),
+        }
+    }
+
+    /// Sends the pick to a slot thread; its pool place is already reserved.
+    pub(super) fn allocate(&mut self, pick: super::Pick, repo: &str) {
+        self.queue.remove(&pick.key);
+        self.send_slot_job(SlotJob::Allocate {
+            key: pick.key.clone(),
+            repo: repo.to_string(),
+        });
+        self.allocating.insert(pick.key.clone(), pick);
+    }
+
+    /// Gives a slot back (its changes saved as a patch first), after the attempt's end is
+    /// in the registry or when a claim did not happen.
+    pub(super) fn release(&mut self, key: &TaskKey, hold: SlotHold, attempt: u32) {
+        self.releasing += 1;
+        self.send_slot_job(SlotJob::Release {
+            key: key.clone(),
+            repo: hold.repo,
+            slot_id: hold.slot_id,
+            patch_path: self.state.patch_path(&key.spec, &key.id, attempt),
+        });
+    }
+
+    pub(super) fn release_after(&mut self, finish: &Finish) {
+        if let Some(hold) = finish.run.slot.clone() {
+            self.release(&finish.run.key, hold, finish.run.attempt);
+        }
+    }
+
+    pub(super) fn on_slot(&mut self, event: SlotEvent) {
+        match event {
+            SlotEvent::Ready(free) => {
+                for (repo, n) in free {
+                    self.free_slots.insert(Arc::from(repo.as_str()), n);
+                }
+                self.slots_ready = true;
+            }
+            SlotEvent::Allocated { key, repo, result } => {
+                let Some(pick) = self.allocating.remove(&key) else {
+                    return;
+                };
+                match result {
+                    Ok(Some(allocation)) if self.drain.is_none() => {
+                        self.allocated.push((pick, allocation));
+                    }
+                    Ok(Some(allocation)) => {
+                        // Draining: the claim will not happen; hand the slot back at once.
+                        self.pools[pick.pool].running -= 1;
+                        let hold = SlotHold {
+                            repo,
+                            slot_id: allocation.slot_id,
+                        };
+                        self.release(&key, hold, 0);
+                    }
+                    Ok(None) => {
+                        // Our count was ahead of the files (another process took a slot).
+                        self.free_slots.insert(Arc::from(repo.as_str()), 0);
+                        self.unreserve(&pick);
+                    }
+                    Err(error) => {
+                        log::error!("no slot for {key}: {error}; the task waits for another slot");
+                        self.slot_errors.insert(repo, error);
+                        self.unreserve(&pick);
+                    }
+                }
+            }
+            SlotEvent::Released {
+                key,
+                repo,
+                slot_id,
+                result,
+            } => {
+                self.releasing -= 1;
+                match result {
+                    Ok(patch) => {
+                        *self.free_slots.entry(Arc::from(repo.as_str())).or_insert(0) += 1;
+                        if let Some(patch) = patch {
+                            let artifact = json!({
+                                "type": "diff",
+                                "uri": format!("file://{}", patch.path.display()),
+                                "size_bytes": patch.size_bytes,
+                                "created_at": timefmt::now_string(),
+                                "metadata": {"slot_id": slot_id},
+                            });
+                            self.pending_artifacts.push((key, artifact));
+                        }
+                    }
+                    Err(error) => {
+                        log::error!("releasing slot {slot_id} of {key} failed: {error}; the slot is out of use until `dispatcher slots sync`");
+                        self.slot_errors.insert(repo, error);
+                    }
+                }
+            }
+        }
+        self.snapshot_dirty = true;
+    }
+
+    /// A pick that will not be claimed: its pool place is free again and the task goes back
+    /// to the queue.
+    fn unreserve(&mut self, pick: &super::Pick) {
+        self.pools[pick.pool].running -= 1;
+        let spec = pick.key.spec.to_string();
+        if let Some(taskset) = self.specs.get(&spec).and_then(|s| s.taskset.clone()) {
+            self.refresh_tasks(&spec, &taskset, &[pick.key.id.to_string()]);
+        }
+    }
+
+    /// Whether a task waiting for a slot of `repo` can still get one.
+    pub(super) fn slot_may_come(&self, repo: &str) -> bool {
+        !self.slots_ready
+            || self.free_slots.get(repo).copied().unwrap_or(0) > 0
+            || self.releasing > 0
+            || !self.allocating.is_empty()
+            || self
+                .running
+                .values()
+                .any(|r| r.slot.as_ref().is_some_and(|s| s.repo == repo))
+    }
+}
