@@ -1,5 +1,6 @@
 //! The README's demo, run as a test: the root `dispatcher.toml` and `examples/demo/` copied
-//! into a temp dir (as `examples/demo.sh` lays them out under `.demo/`), run until idle.
+//! into a temp dir (laid out as `examples/demo.sh` does under `.demo/`, with its demo git
+//! repository), run until idle.
 
 mod support;
 
@@ -37,6 +38,12 @@ fn demo_runs_to_completion_with_one_retry() {
         &root.join("examples/demo/registry"),
         &dir.path().join(".demo/registry"),
     );
+    let origin = Command::new(dir.path().join("examples/demo/make-origin.sh"))
+        .arg(".demo/origin")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(origin.status.success(), "{origin:?}");
 
     let output = Command::new(support::BIN)
         .args(["run", "--until-idle"])
@@ -67,6 +74,28 @@ fn demo_runs_to_completion_with_one_retry() {
     let pool = |id: &str| {
         tasks.iter().find(|t| t["id"] == id).unwrap()["metadata"]["dispatcher"]["pool"].clone()
     };
+    // Every task ran in a workspace slot, on its own branch, which holds its commit.
+    let task = |id: &str| tasks.iter().find(|t| t["id"] == id).unwrap().clone();
+    assert_eq!(task("3")["reserved_branch"], "task/chat-app/3");
+    assert!(task("3")["assigned_slot"]
+        .as_str()
+        .unwrap()
+        .starts_with("workspace-chat-app-slot"));
+    let log = Command::new("git")
+        .args([
+            "-C",
+            ".demo/workspaces/chat-app/.repo",
+            "log",
+            "--format=%s",
+            "task/chat-app/3",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("chat-app/3: Deploy"),
+        "{log:?}"
+    );
     assert_eq!(pool("1"), "backend");
     assert_eq!(pool("2"), "frontend");
     assert_eq!(pool("3"), "backend");

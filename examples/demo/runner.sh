@@ -19,4 +19,11 @@ case "$TASK_CONTEXT" in
     fi
     ;;
 esac
+# Leave work behind like an agent would: a commit on the task branch.
+printf '%s\n' "$title" >> "tasks-done.txt"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+    git add tasks-done.txt
+    git -c user.name=demo-agent -c user.email=agent@example.invalid commit -q -m "$spec/$task_id: $title"
+    echo "committed on $(git rev-parse --abbrev-ref HEAD)"
+fi
 echo "done: $title"
