@@ -396,6 +396,83 @@ fn exit_recorded_while_no_dispatcher_ran_finishes_the_task_as_exit_json_says() {
     }
 }
 
+/// Regression: recovering one task at start-up writes the registry, which re-read the spec
+/// and recovered the *other* tasks inside that write's refresh; the outer pass then recovered
+/// them again from its stale list: a second `RunnerAdopted` (and a pool slot counted twice,
+/// for good) for a live runner, a spurious `RunnerLost` for a finished one.
+#[test]
+fn recovering_one_task_at_start_up_does_not_recover_the_others_twice() {
+    let env = Env::new();
+    let (out, ledger_path) = gated_config(&env, "max_attempts = 3\ninitial_delay = \"100ms\"");
+    env.taskset(
+        "twice",
+        &[
+            json!({"id": "ended"}),
+            json!({"id": "alive"}),
+            json!({"id": "failed", "required_skill": "failing"}),
+        ],
+    );
+    let mut first = env.spawn_run(&[]);
+    for id in ["ended", "alive", "failed"] {
+        wait_pid(&out.join(format!("{id}.pid")));
+    }
+    crash(&mut first);
+    fs::write(out.join("gate-ended"), "").unwrap();
+    fs::write(out.join("gate-failed"), "").unwrap();
+    for id in ["ended", "failed"] {
+        let runner_id = env.task("twice", id)["runner_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let exit = env.state().join("runners").join(runner_id).join("exit.json");
+        wait_for("exit.json", || exit.exists());
+    }
+
+    let mut second = env.spawn_run(&["--until-idle"]);
+    wait_for("status to show the adopted runner", || {
+        status_json(&env)["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["task_id"] == "alive" && r["adopted"] == true)
+    });
+    let report = status_json(&env);
+    let default = report["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "default")
+        .unwrap();
+    assert_eq!(default["running"], 1, "one adopted runner: {report}");
+    assert_eq!(env.events_of_type("twice", "RunnerAdopted").len(), 1);
+    assert!(
+        env.events_of_type("twice", "RunnerLost").is_empty(),
+        "{:#?}",
+        env.events_of_type("twice", "RunnerLost")
+    );
+
+    fs::write(out.join("gate-alive"), "").unwrap();
+    let status = second.wait(DEADLINE);
+    assert_exit(status, 3, &second.stderr());
+    assert_eq!(env.state_of("twice", "ended"), "done");
+    assert_eq!(env.state_of("twice", "alive"), "done");
+    assert_eq!(env.state_of("twice", "failed"), "failed");
+    let mut ran = ledger(&ledger_path);
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            ("alive".to_string(), 1),
+            ("ended".into(), 1),
+            ("failed".into(), 1),
+            ("failed".into(), 2),
+            ("failed".into(), 3)
+        ]
+    );
+    assert_eq!(env.events_of_type("twice", "RunnerAdopted").len(), 1);
+    assert!(env.events_of_type("twice", "RunnerLost").is_empty());
+}
+
 #[test]
 fn task_running_under_this_state_dir_without_runner_is_lost_counted_and_retried_and_another_owners_is_left_alone(
 ) {
