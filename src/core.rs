@@ -646,7 +646,14 @@ impl Core {
     /// dispatcher on this state dir stopped while it ran. Its runner directory decides:
     /// supervisor alive → adopt it; exit recorded → finish the task as it says; neither →
     /// the attempt is lost (it counts) and the task is retried with backoff.
+    ///
+    /// The caller's list of such tasks can be stale: recovering one task writes the registry,
+    /// and the refresh after that write recovers the spec's other tasks itself. So the task
+    /// is checked again here against the current taskset and our claims.
     fn recover_claimed(&mut self, key: &TaskKey) {
+        if self.claimed.contains_key(key) {
+            return;
+        }
         let Some(taskset) = self.specs.get(&*key.spec).and_then(|s| s.taskset.clone()) else {
             return;
         };
@@ -654,6 +661,9 @@ impl Core {
             return;
         };
         let meta = task.dispatcher_meta();
+        if task.state != TaskState::Running || meta.owner.as_deref() != Some(&self.owner) {
+            return;
+        }
         let runner_id = task
             .runner_id
             .clone()
