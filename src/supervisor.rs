@@ -436,6 +436,11 @@ fn supervise(dir: &RunnerDir, lock_fd: Option<RawFd>) -> io::Result<()> {
     if sys::group_alive(runner_pid) {
         sys::signal_group(runner_pid, libc::SIGKILL);
     }
+    // What was written since the last check (up to a check interval of a fast writer's
+    // output) is past the cap too.
+    if let Some(cap) = &mut log_cap {
+        cap.enforce();
+    }
     let exit = Exit {
         runner_id: record.runner_id.clone(),
         exit_code: status.code(),
