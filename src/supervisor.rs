@@ -19,8 +19,9 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -547,7 +548,9 @@ impl LogCap {
         if size <= limit {
             return;
         }
-        let Ok(mut file) = OpenOptions::new().append(true).open(&self.path) else {
+        // Not O_APPEND: the marker goes at offset `cap` whatever the runner appended since
+        // the cut, so the next cut back to `cap + marker_len` keeps exactly the marker.
+        let Ok(file) = OpenOptions::new().write(true).open(&self.path) else {
             return;
         };
         if self.truncated {
@@ -558,7 +561,7 @@ impl LogCap {
                 "\n# dispatcher: log truncated at max_log_bytes ({} bytes); further output discarded\n",
                 self.cap
             );
-            let _ = file.write_all(marker.as_bytes());
+            let _ = file.write_all_at(marker.as_bytes(), self.cap);
             self.marker_len = marker.len() as u64;
             self.truncated = true;
         }

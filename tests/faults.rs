@@ -723,29 +723,33 @@ fn wrong_types_nan_and_out_of_range_priority_are_reported_by_file_and_line_left_
         .expect("python3");
     let nan = String::from_utf8(nan.stdout).unwrap();
     assert!(nan.contains("NaN"), "{nan}");
-    // (spec, file, the key on the offending line, the offending value)
+    // (spec, file, the key on the offending line, the offending value as written and as the
+    // error names it; for NaN, which is not JSON at all, it can only say where)
     let cases = [
         (
             "prio-string",
             taskset_with_raw_field("prio-string", "priority", "\"high\""),
             "priority",
             "\"high\"",
+            Some("\"high\""),
         ),
         (
             "deps-string",
             taskset_with_raw_field("deps-string", "dependencies", "\"1\""),
             "dependencies",
             "\"1\"",
+            Some("string \"1\", expected a sequence"),
         ),
         (
             "prio-huge",
             taskset_with_raw_field("prio-huge", "priority", "1e30"),
             "priority",
             "1e30",
+            Some("1e+30"),
         ),
-        ("nan", nan, "priority", "NaN"),
+        ("nan", nan, "priority", "NaN", None),
     ];
-    for (spec, text, _, _) in &cases {
+    for (spec, text, ..) in &cases {
         env.write_taskset_raw(spec, text);
     }
 
@@ -755,7 +759,7 @@ fn wrong_types_nan_and_out_of_range_priority_are_reported_by_file_and_line_left_
     assert_eq!(env.state_of("good", "a"), "done");
     assert_eq!(env.state_of("good", "b"), "done");
     let report = status_json(&env);
-    for (spec, text, key, token) in &cases {
+    for (spec, text, key, token, named) in &cases {
         let path = shown(&env, &format!("registry/tasksets/{spec}/taskset.json"));
         let line = format!("line {}", line_of(text, &format!("\"{key}\": {token}")));
         assert_eq!(
@@ -768,9 +772,8 @@ fn wrong_types_nan_and_out_of_range_priority_are_reported_by_file_and_line_left_
             .find(|l| l.contains(&path))
             .unwrap_or_else(|| panic!("stderr does not name {path}:\n{log}"));
         assert!(logged.contains(&line), "{spec}: {logged:?} lacks {line:?}");
-        if *token != "NaN" {
-            // serde names the value it could not take; for NaN it can only say where.
-            assert!(logged.contains(token), "{spec}: {logged:?} lacks {token}");
+        if let Some(named) = named {
+            assert!(logged.contains(named), "{spec}: {logged:?} lacks {named}");
         }
         let entry = report["tasksets"]
             .as_array()
@@ -1178,7 +1181,7 @@ fn gigabyte_of_runner_output_is_capped_at_max_log_bytes_with_a_marker_and_the_ta
     let path = env.state().join("logs/flood/gigabyte/attempt-1.log");
     let size = fs::metadata(&path).unwrap().len();
     let text = fs::read(&path).unwrap();
-    let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+    let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(200)..]).into_owned();
     assert!(
         size <= CAP + 256,
         "the log is {size} bytes, over max_log_bytes ({CAP}) plus a marker line"
