@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -95,7 +95,10 @@ fn owner_of(env: &Env) -> String {
         .unwrap()
         .trim()
         .to_string();
-    format!("{host}:{}", fs::canonicalize(env.state()).unwrap().display())
+    format!(
+        "{host}:{}",
+        fs::canonicalize(env.state()).unwrap().display()
+    )
 }
 
 fn assert_exit(status: std::process::ExitStatus, code: i32, log: &str) {
@@ -392,7 +395,11 @@ fn exit_recorded_while_no_dispatcher_ran_finishes_the_task_as_exit_json_says() {
     );
     assert!(env.events_of_type("offline", "RunnerAdopted").is_empty());
     for dir in &runner_dirs {
-        assert!(!dir.exists(), "{} is left after its end was recorded", dir.display());
+        assert!(
+            !dir.exists(),
+            "{} is left after its end was recorded",
+            dir.display()
+        );
     }
 }
 
@@ -424,7 +431,11 @@ fn recovering_one_task_at_start_up_does_not_recover_the_others_twice() {
             .as_str()
             .unwrap()
             .to_string();
-        let exit = env.state().join("runners").join(runner_id).join("exit.json");
+        let exit = env
+            .state()
+            .join("runners")
+            .join(runner_id)
+            .join("exit.json");
         wait_for("exit.json", || exit.exists());
     }
 
@@ -530,7 +541,10 @@ fn task_running_under_this_state_dir_without_runner_is_lost_counted_and_retried_
     assert_eq!(ledger(&ledger_path), [("lost".to_string(), 2)]);
 
     assert_eq!(env.task("recover", "theirs"), theirs_before);
-    assert_eq!(fs::read(env.taskset_path("foreign")).unwrap(), foreign_bytes);
+    assert_eq!(
+        fs::read(env.taskset_path("foreign")).unwrap(),
+        foreign_bytes
+    );
     assert!(env.events("foreign").is_empty());
     assert!(!out.join("theirs.pid").exists() && !out.join("foreign.pid").exists());
 }
@@ -539,17 +553,19 @@ fn task_running_under_this_state_dir_without_runner_is_lost_counted_and_retried_
 
 /// NecroCode's write protocol, in Python: flock on `<registry>/locks/<spec>.lock`, re-read,
 /// change, bump `version`, write `taskset.tmp`, fsync, `os.replace`. It adds `n` tasks in
-/// batches of `batch` (every other one blocked on the task `hold`, so some are always not
-/// started yet) and after each batch changes the priority of a random not-yet-started task,
-/// one write per change, `changes` times in all. Prints the priority it set last per task.
+/// batches of `batch`, spread over the given specs (every other task blocked on its spec's
+/// task `hold-<k>`, so some are always not started yet), and after each batch changes the
+/// priority of a random not-yet-started task, one write per change, `changes` times in all.
+/// Prints the priority it set last per task.
 const NECROCODE_WRITER: &str = r#"
 import datetime, fcntl, json, os, random, sys
-registry, spec, n, batch, changes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-path = os.path.join(registry, "tasksets", spec, "taskset.json")
-lock_path = os.path.join(registry, "locks", spec + ".lock")
+registry, n, batch, changes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+specs = sys.argv[5:]
 rng = random.Random(20261129)
 
-def update(change):
+def update(spec, change):
+    path = os.path.join(registry, "tasksets", spec, "taskset.json")
+    lock_path = os.path.join(registry, "locks", spec + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -569,7 +585,7 @@ def update(change):
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
-def add(first, count):
+def add(k, first, count):
     def change(doc):
         now = datetime.datetime.now().isoformat()
         for i in range(first, first + count):
@@ -577,11 +593,11 @@ def add(first, count):
             doc["tasks"].append({
                 "id": "w%d" % i, "title": "written by python %d" % i, "description": "",
                 "state": "blocked" if blocked else "ready",
-                "dependencies": ["hold"] if blocked else [], "required_skill": None,
+                "dependencies": ["hold-%d" % k] if blocked else [], "required_skill": None,
                 "priority": 0, "is_optional": False, "assigned_slot": None,
                 "reserved_branch": None, "runner_id": None, "artifacts": [],
                 "metadata": {}, "created_at": now, "updated_at": now})
-    update(change)
+    update(specs[k], change)
 
 final = {}
 def reprioritize(doc):
@@ -594,18 +610,22 @@ def reprioritize(doc):
 
 batches = n // batch
 for b in range(batches):
-    add(b * batch, batch)
+    add(b % len(specs), b * batch, batch)
     for _ in range(changes // batches):
-        update(reprioritize)
+        update(specs[rng.randrange(min(b + 1, len(specs)))], reprioritize)
 print(json.dumps(final))
 "#;
 
 #[test]
-fn necrocode_writer_adding_tasks_and_priorities_while_dispatcher_runs_loses_nothing_and_all_finish(
-) {
+fn necrocode_writer_adding_tasks_and_priorities_while_dispatcher_runs_loses_nothing_and_all_finish()
+{
+    // 500 tasks over 4 tasksets rather than one: every write rewrites a whole taskset, and
+    // a 500-task file makes the (debug-built) dispatcher's ~1000 writes alone take a minute
+    // on a busy 2-core machine. Each file still sees both writers all the time.
     const TASKS: usize = 500;
     const BATCH: usize = 25;
     const CHANGES: usize = 1000;
+    const SPECS: usize = 4;
     let env = Env::new();
     let out = env.path().join("out");
     fs::create_dir_all(&out).unwrap();
@@ -616,7 +636,7 @@ fn necrocode_writer_adding_tasks_and_priorities_while_dispatcher_runs_loses_noth
     ];
     let ledger_env: Vec<(&str, &str)> = ledger_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.config(
-        "max_global_concurrency = 9",
+        "max_global_concurrency = 12",
         &format!(
             "{}{}",
             pool(
@@ -631,53 +651,89 @@ fn necrocode_writer_adding_tasks_and_priorities_while_dispatcher_runs_loses_noth
                 "gated.sh",
                 &["{task_id}"],
                 &ledger_env,
-                "max_concurrency = 1"
+                "max_concurrency = 4"
             ),
         ),
     );
-    env.taskset("busy", &[json!({"id": "hold", "required_skill": "hold"})]);
+    let specs: Vec<String> = (0..SPECS).map(|k| format!("busy-{k}")).collect();
+    for (k, spec) in specs.iter().enumerate() {
+        env.taskset(
+            spec,
+            &[json!({"id": format!("hold-{k}"), "required_skill": "hold"})],
+        );
+    }
     fs::create_dir_all(env.registry().join("locks")).unwrap();
 
     let mut run = env.spawn_run(&[]);
-    wait_pid(&out.join("hold.pid"));
+    for k in 0..SPECS {
+        wait_pid(&out.join(format!("hold-{k}.pid")));
+    }
+    let writing = Instant::now();
     let writer = Command::new("python3")
         .arg("-c")
         .arg(NECROCODE_WRITER)
         .arg(env.registry())
-        .args(["busy", &TASKS.to_string(), &BATCH.to_string()])
-        .arg(CHANGES.to_string())
+        .args([TASKS, BATCH, CHANGES].map(|n| n.to_string()))
+        .args(&specs)
         .stderr(Stdio::inherit())
         .output()
         .expect("run python3");
     assert!(writer.status.success(), "the python writer failed");
     let final_priority: BTreeMap<String, i64> =
         serde_json::from_slice(&writer.stdout).expect("writer prints its priorities");
-    fs::write(out.join("gate-hold"), "").unwrap();
+    let wrote = writing.elapsed();
+    for k in 0..SPECS {
+        fs::write(out.join(format!("gate-hold-{k}")), "").unwrap();
+    }
+    // Parsing the tasksets costs: look at them only once every runner has reported.
+    let total = TASKS + SPECS;
     wait_for("every task to be done", || {
-        let doc = env.read_taskset("busy");
-        let tasks = doc["tasks"].as_array().unwrap();
-        tasks.len() == TASKS + 1 && tasks.iter().all(|t| t["state"] == "done")
+        ledger(&ledger_path).len() >= total
+            && specs.iter().all(|spec| {
+                env.read_taskset(spec)["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|t| t["state"] == "done")
+            })
     });
+    eprintln!(
+        "python writer: {wrote:?}; all done {:?} later",
+        writing.elapsed() - wrote
+    );
     run.signal(libc::SIGTERM);
     let status = run.wait(DEADLINE);
     assert_exit(status, 130, &run.stderr());
 
-    let doc = env.read_taskset("busy");
-    let tasks = doc["tasks"].as_array().unwrap();
-    let ids: BTreeSet<&str> = tasks.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    let mut tasks: BTreeMap<String, Value> = BTreeMap::new();
+    for spec in &specs {
+        for task in env.read_taskset(spec)["tasks"].as_array().unwrap() {
+            let id = task["id"].as_str().unwrap().to_string();
+            assert!(
+                tasks.insert(id.clone(), task.clone()).is_none(),
+                "{id} twice"
+            );
+        }
+    }
+    assert_eq!(tasks.len(), total);
     for i in 0..TASKS {
-        assert!(ids.contains(format!("w{i}").as_str()), "task w{i} was lost");
+        let task = tasks
+            .get(&format!("w{i}"))
+            .unwrap_or_else(|| panic!("task w{i} was lost"));
+        assert_eq!(task["state"], "done", "w{i}");
     }
     assert!(!final_priority.is_empty());
     for (id, priority) in &final_priority {
-        let task = tasks.iter().find(|t| t["id"] == id.as_str()).unwrap();
-        assert_eq!(task["priority"], *priority, "priority of {id} was lost");
+        assert_eq!(
+            tasks[id]["priority"], *priority,
+            "priority of {id} was lost"
+        );
     }
     let mut ran: BTreeMap<String, u32> = BTreeMap::new();
     for (id, attempt) in ledger(&ledger_path) {
         assert!(ran.insert(id.clone(), attempt).is_none(), "{id} ran twice");
     }
-    assert_eq!(ran.len(), TASKS + 1);
+    assert_eq!(ran.len(), total);
 }
 
 // ----- 6. bad input -------------------------------------------------------------------------
@@ -868,9 +924,8 @@ fn one_megabyte_title_runs_end_to_end() {
     assert_eq!(context["task_description"].as_str().unwrap(), description);
     // One environment string is at most 128 KiB (MAX_ARG_STRLEN): $TASK_CONTEXT may be cut
     // down, but it is JSON that names the task and where the whole document is.
-    let in_env: Value =
-        serde_json::from_str(&fs::read_to_string(out.join("context.env")).unwrap())
-            .expect("TASK_CONTEXT is JSON");
+    let in_env: Value = serde_json::from_str(&fs::read_to_string(out.join("context.env")).unwrap())
+        .expect("TASK_CONTEXT is JSON");
     assert_eq!(in_env["task_id"], "huge", "{in_env}");
     assert_eq!(in_env["spec_name"], "big", "{in_env}");
 }
@@ -891,7 +946,11 @@ fn unicode_spec_ids_titles_and_descriptions_run_to_done_and_round_trip_as_ascii_
     );
     let spec = "ünï-コード-🚀";
     let tasks = [
-        ("タスク-1", "標題 🚀 émoji ✓", "説明: 漢字かなカナ 🦀🔥 e\u{301} ﷽"),
+        (
+            "タスク-1",
+            "標題 🚀 émoji ✓",
+            "説明: 漢字かなカナ 🦀🔥 e\u{301} ﷽",
+        ),
         ("✓-2", "第二 👩‍💻", "依存 → タスク-1; 𝄞 music"),
     ];
     env.taskset(
@@ -907,7 +966,10 @@ fn unicode_spec_ids_titles_and_descriptions_run_to_done_and_round_trip_as_ascii_
 
     assert_exit(status, 0, &log);
     let bytes = fs::read(env.taskset_path(spec)).unwrap();
-    assert!(bytes.is_ascii(), "the taskset is written with \\uXXXX escapes");
+    assert!(
+        bytes.is_ascii(),
+        "the taskset is written with \\uXXXX escapes"
+    );
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.contains("\\u30bf\\u30b9\\u30af-1"), "{text}"); // タスク
     assert!(text.contains("\\ud83d\\ude80"), "{text}"); // 🚀 as a surrogate pair
@@ -974,7 +1036,10 @@ fn extreme_priorities_are_kept_and_run_in_order() {
         assert_eq!(task["state"], "done");
     }
     let text = fs::read_to_string(env.taskset_path("prio")).unwrap();
-    assert!(text.contains("\"priority\": -9223372036854775808"), "{text}");
+    assert!(
+        text.contains("\"priority\": -9223372036854775808"),
+        "{text}"
+    );
     assert!(text.contains("\"priority\": 9223372036854775807"), "{text}");
 }
 
@@ -1061,7 +1126,11 @@ fn registry_made_read_only_mid_run_keeps_tasks_ready_reports_the_error_and_recov
     wait_for("the failed claim of b in stderr", || {
         run.stderr().contains("cannot claim tasks of ro")
     });
-    assert!(run.stderr().contains("Permission denied"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("Permission denied"),
+        "{}",
+        run.stderr()
+    );
     let b = env.task("ro", "b");
     assert_eq!(b["state"], "ready");
     assert_eq!(attempts(&b), 0);
@@ -1239,7 +1308,10 @@ fn env_file_secret_reaches_only_the_runner_and_inherit_env_false_passes_only_the
         for dir in [env.state(), env.registry()] {
             for file in files_under(&dir) {
                 let bytes = fs::read(&file).unwrap_or_default();
-                assert_no_secret_in(&file.display().to_string(), &String::from_utf8_lossy(&bytes));
+                assert_no_secret_in(
+                    &file.display().to_string(),
+                    &String::from_utf8_lossy(&bytes),
+                );
             }
         }
     };
@@ -1250,8 +1322,14 @@ fn env_file_secret_reaches_only_the_runner_and_inherit_env_false_passes_only_the
     });
     check_dirs();
     let status_out = env.output(&["status", "--json"]);
-    assert_no_secret_in("status --json", &String::from_utf8_lossy(&status_out.stdout));
-    assert_no_secret_in("status stderr", &String::from_utf8_lossy(&status_out.stderr));
+    assert_no_secret_in(
+        "status --json",
+        &String::from_utf8_lossy(&status_out.stdout),
+    );
+    assert_no_secret_in(
+        "status stderr",
+        &String::from_utf8_lossy(&status_out.stderr),
+    );
     let human = env.output(&["status"]);
     assert_no_secret_in("status", &String::from_utf8_lossy(&human.stdout));
 
@@ -1267,7 +1345,10 @@ fn env_file_secret_reaches_only_the_runner_and_inherit_env_false_passes_only_the
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert_eq!(vars.get("ALLOWED_VAR").map(String::as_str), Some("allowed-value"));
+    assert_eq!(
+        vars.get("ALLOWED_VAR").map(String::as_str),
+        Some("allowed-value")
+    );
     assert_eq!(vars.get("API_TOKEN").map(String::as_str), Some(SECRET));
     assert!(vars.contains_key("PATH"));
     assert!(!vars.contains_key("FORBIDDEN_VAR"), "{vars:?}");
