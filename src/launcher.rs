@@ -95,10 +95,19 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
     fs::write(&context_path, &context).map_err(prepare(&context_path))?;
     let heartbeat_path = dir.path().join("heartbeat");
     File::create(&heartbeat_path).map_err(prepare(&heartbeat_path))?;
+    let context_env = runner_env::context_env_value(facts, &context, &context_path);
+    if context_env.len() != context.len() {
+        log::warn!(
+            "task {}/{}: its context ({} bytes) is too big for one environment variable; TASK_CONTEXT names the file that holds it",
+            facts.spec,
+            facts.task.id,
+            context.len()
+        );
+    }
     let contract: [(&str, OsString); 7] = [
         ("RUNNER_ID", facts.runner_id.into()),
         ("POOL_NAME", facts.pool_name.into()),
-        ("TASK_CONTEXT", context.as_str().into()),
+        ("TASK_CONTEXT", context_env.into()),
         ("TASK_CONTEXT_FILE", context_path.clone().into()),
         ("DISPATCHER_HEARTBEAT_FILE", heartbeat_path.clone().into()),
         ("DISPATCHER_ATTEMPT", facts.attempt.to_string().into()),

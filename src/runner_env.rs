@@ -66,6 +66,29 @@ pub fn task_context(facts: &RunnerFacts<'_>) -> Value {
     })
 }
 
+/// Linux refuses to start a program with an environment string (`NAME=value` and its NUL)
+/// longer than this (MAX_ARG_STRLEN, 32 pages): the exec fails with E2BIG.
+pub const MAX_ENV_STRING: usize = 128 * 1024;
+
+/// The value of `TASK_CONTEXT`: the whole document when it fits in one environment string;
+/// otherwise (a huge title, description or metadata) a small document with the task's
+/// identity, `"truncated": true` and `context_file`, the file that holds the whole one.
+pub fn context_env_value(facts: &RunnerFacts<'_>, full: &str, context_file: &Path) -> String {
+    if "TASK_CONTEXT=".len() + full.len() < MAX_ENV_STRING {
+        return full.to_string();
+    }
+    json!({
+        "task_id": facts.task.id,
+        "spec_name": facts.spec,
+        "runner_id": facts.runner_id,
+        "attempt": facts.attempt,
+        "pool": facts.pool_name,
+        "truncated": true,
+        "context_file": context_file.to_string_lossy(),
+    })
+    .to_string()
+}
+
 /// Environment variable name for a pool `config` key: `RUNNER_<KEY>` in upper case.
 pub fn config_env_name(key: &str) -> String {
     format!("RUNNER_{}", key.to_ascii_uppercase())

@@ -19,8 +19,9 @@
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -418,6 +419,11 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
     if sys::group_alive(runner_pid) {
         sys::signal_group(runner_pid, libc::SIGKILL);
     }
+    // What was written since the last check (up to a check interval of a fast writer's
+    // output) is past the cap too.
+    if let Some(cap) = &mut log_cap {
+        cap.enforce();
+    }
     let exit = Exit {
         runner_id: record.runner_id.clone(),
         exit_code: status.code(),
@@ -524,7 +530,9 @@ impl LogCap {
         if size <= limit {
             return;
         }
-        let Ok(mut file) = OpenOptions::new().append(true).open(&self.path) else {
+        // Not O_APPEND: the marker goes at offset `cap` whatever the runner appended since
+        // the cut, so the next cut back to `cap + marker_len` keeps exactly the marker.
+        let Ok(file) = OpenOptions::new().write(true).open(&self.path) else {
             return;
         };
         if self.truncated {
@@ -535,7 +543,7 @@ impl LogCap {
                 "\n# dispatcher: log truncated at max_log_bytes ({} bytes); further output discarded\n",
                 self.cap
             );
-            let _ = file.write_all(marker.as_bytes());
+            let _ = file.write_all_at(marker.as_bytes(), self.cap);
             self.marker_len = marker.len() as u64;
             self.truncated = true;
         }

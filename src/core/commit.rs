@@ -201,9 +201,11 @@ impl Core {
             Ok(done) => done,
             Err(err) => {
                 let what = if finishes.is_empty() {
-                    "claim tasks of"
+                    format!("claim tasks of {spec}")
                 } else {
-                    "record the end of attempts in"
+                    let keys: Vec<String> =
+                        finishes.iter().map(|f| f.run.key.to_string()).collect();
+                    format!("record the end of {}", keys.join(", "))
                 };
                 self.pending.extend(finishes);
                 self.pending_artifacts.extend(artifacts);
@@ -211,7 +213,7 @@ impl Core {
                 for (pick, slot) in picks {
                     self.give_back(&pick, slot);
                 }
-                self.write_failed(spec, &format!("cannot {what} {spec}: {err}"));
+                self.write_failed(spec, &format!("cannot {what}: {err}"));
                 return;
             }
         };

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{Core, Finish, Running};
-use crate::registry::{Event, Task};
+use crate::registry::{Event, Task, TaskState};
 use crate::scheduler::TaskKey;
 use crate::statedir::StateDir;
 use crate::supervisor::{Exit, Liveness, RunnerDir};
@@ -49,13 +49,22 @@ impl Core {
     /// dispatcher on this state dir stopped while it ran. Its runner directory decides:
     /// supervisor alive → adopt it; exit recorded → finish the task as it says; neither →
     /// the attempt is lost (it counts) and the task is retried with backoff.
+    ///
+    /// Checked again here, whoever calls: a task already claimed (recovered earlier in the
+    /// same pass) or no longer running must not be recovered a second time.
     pub(super) fn recover_claimed(&mut self, key: &TaskKey, state_root: &Path) {
+        if self.claimed.contains_key(key) {
+            return;
+        }
         let Some(taskset) = self.specs.get(&*key.spec).and_then(|s| s.taskset.clone()) else {
             return;
         };
         let Some(task) = taskset.task(&key.id) else {
             return;
         };
+        if task.state != TaskState::Running {
+            return;
+        }
         let meta = task.dispatcher_meta();
         let runner_id = task
             .runner_id

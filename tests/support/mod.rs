@@ -315,3 +315,36 @@ pub fn status_json(env: &Env) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
+
+/// Processes whose command line *or environment* contains `marker` (a runner's children
+/// inherit its environment, so this also finds what a runner left behind). Zombies have
+/// neither and are not listed.
+pub fn processes_mentioning(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let read = |file: &str| fs::read(entry.path().join(file)).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+        let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+        if cmdline.contains(marker) || environ.contains(marker) {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Whether `pid` is a live process (not a zombie waiting to be reaped).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the command name, which is in parentheses and may contain
+    // spaces; the last ')' ends it.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
+}
