@@ -114,9 +114,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
         .unwrap_or_else(|| StatusReport::from_registry(config));
     if json {
         let text = serde_json::to_string_pretty(&report).context("cannot encode status")?;
-        println!("{text}");
+        emit(&format!("{text}\n"))?;
     } else {
-        print!("{}", report.render());
+        emit(&report.render())?;
     }
     Ok(0)
 }
@@ -127,9 +127,9 @@ fn slots_list(config: &Config, json: bool) -> anyhow::Result<u8> {
         .context("cannot list the workspace slots")?;
     if json {
         let text = serde_json::to_string_pretty(&pools).context("cannot encode the slots")?;
-        println!("{text}");
+        emit(&format!("{text}\n"))?;
     } else {
-        print!("{}", slots::render(&pools));
+        emit(&slots::render(&pools))?;
     }
     Ok(0)
 }
@@ -138,13 +138,28 @@ fn slots_sync(config: &Config) -> anyhow::Result<u8> {
     let lines = SlotManager::new(&config.repo_pool)
         .sync()
         .context("cannot sync the workspace slots")?;
+    let mut text = String::new();
     if lines.is_empty() {
-        println!("slots: every pool matches the config");
+        text.push_str("slots: every pool matches the config\n");
     }
     for line in lines {
-        println!("{line}");
+        text.push_str(&line);
+        text.push('\n');
     }
+    emit(&text)?;
     Ok(0)
+}
+
+/// Writes data to stdout. A reader that went away (`status --json | head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message before it
