@@ -3,10 +3,9 @@
 //!
 //! Run with `cargo run --example embed`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dispatcher::config::{PoolConfig, PoolKind};
+use dispatcher::config::PoolConfig;
 use dispatcher::registry::{Registry, Taskset};
 use dispatcher::{Config, Dispatcher};
 
@@ -21,17 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.agent_pools.insert(
         "echo".into(),
         PoolConfig {
-            kind: PoolKind::LocalProcess,
             max_concurrency: 2,
-            enabled: true,
-            // The runner: any program. Placeholders are replaced per argument, no shell.
-            command: vec!["echo".into(), "working on {spec}/{task_id}: {title}".into()],
-            env: BTreeMap::new(),
-            config: BTreeMap::new(),
             timeout: Some(Duration::from_secs(60)),
-            inherit_env: true,
-            pass_env: Vec::new(),
-            env_file: None,
+            // The runner: any program. Placeholders are replaced per argument, no shell.
+            ..PoolConfig::new(vec![
+                "echo".into(),
+                "working on {spec}/{task_id}: {title}".into(),
+            ])
         },
     );
     config

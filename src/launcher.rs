@@ -162,6 +162,7 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         stop_grace_ms: millis(req.stop_grace),
         max_log_bytes: req.max_log_bytes,
         slot_id: facts.task.assigned_slot.clone(),
+        memory_limit_mb: pool.memory_limit_mb,
     };
     // The record file is also the runner's lock. It is locked here and becomes the
     // supervisor's standard input, so the supervisor holds the lock from its first instant

@@ -15,6 +15,7 @@ pub mod launcher;
 pub mod monitor;
 pub mod names;
 pub mod placeholders;
+pub mod procfs;
 pub mod registry;
 pub mod runner_env;
 pub mod scheduler;

@@ -78,6 +78,18 @@ pub struct PoolStatus {
     pub running: usize,
     pub max_concurrency: usize,
     pub enabled: bool,
+    /// Sum of the running tasks' CPU and memory requests, and the pool's quotas.
+    #[serde(default)]
+    pub cpu_used: f64,
+    #[serde(default)]
+    pub cpu_quota: Option<f64>,
+    #[serde(default)]
+    pub memory_used_mb: u64,
+    #[serde(default)]
+    pub memory_quota_mb: Option<u64>,
+    /// Tasks wait because a quota is reached (not the concurrency cap).
+    #[serde(default)]
+    pub quota_blocked: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,6 +108,11 @@ pub struct RunnerStatus {
     /// Started by an earlier dispatcher and taken over by this one.
     #[serde(default)]
     pub adopted: bool,
+    /// Measured resident memory and CPU time of the runner's process group.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -222,6 +239,8 @@ impl StatusReport {
                             last_heartbeat: None,
                             log_file: None,
                             adopted: false,
+                            rss_bytes: None,
+                            cpu_seconds: None,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {
@@ -276,6 +295,11 @@ impl StatusReport {
                 running: pool_running.get(name).copied().unwrap_or(0),
                 max_concurrency: pool.max_concurrency,
                 enabled: pool.enabled,
+                cpu_used: 0.0,
+                cpu_quota: pool.cpu_quota,
+                memory_used_mb: 0,
+                memory_quota_mb: pool.memory_quota_mb,
+                quota_blocked: false,
             })
             .collect();
         report
@@ -320,19 +344,31 @@ impl StatusReport {
 
         if !self.pools.is_empty() {
             let rows = self.pools.iter().map(|p| {
+                let quota = |used: String, quota: Option<String>| match quota {
+                    Some(quota) => format!("{used}/{quota}"),
+                    None => "-".into(),
+                };
                 vec![
                     p.name.clone(),
                     p.kind.clone(),
                     format!("{}/{}", p.running, p.max_concurrency),
-                    if p.enabled { "yes".into() } else { "no".into() },
+                    quota(
+                        format!("{:.1}", p.cpu_used),
+                        p.cpu_quota.map(|q| q.to_string()),
+                    ),
+                    quota(
+                        p.memory_used_mb.to_string(),
+                        p.memory_quota_mb.map(|q| q.to_string()),
+                    ),
+                    match (p.enabled, p.quota_blocked) {
+                        (false, _) => "no".into(),
+                        (true, true) => "yes (at quota)".into(),
+                        (true, false) => "yes".into(),
+                    },
                 ]
             });
-            section(
-                &mut out,
-                "POOLS",
-                &["POOL", "TYPE", "RUNNING", "ENABLED"],
-                rows,
-            );
+            let header = ["POOL", "TYPE", "RUNNING", "CPU", "MEMORY MIB", "ENABLED"];
+            section(&mut out, "POOLS", &header, rows);
         }
         if !self.running.is_empty() {
             let rows = self.running.iter().map(|r| {
@@ -342,6 +378,9 @@ impl StatusReport {
                     r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     r.attempt.to_string(),
                     r.runtime_seconds.map_or_else(|| "-".into(), format_seconds),
+                    r.rss_bytes
+                        .map_or_else(|| "-".into(), |b| format!("{} MiB", b >> 20)),
+                    r.cpu_seconds.map_or_else(|| "-".into(), format_seconds),
                     r.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
                     r.runner_id.clone().unwrap_or_else(|| "-".into()),
                 ]
@@ -352,6 +391,8 @@ impl StatusReport {
                 "PID",
                 "ATTEMPT",
                 "RUNTIME",
+                "RSS",
+                "CPU",
                 "LAST HEARTBEAT",
                 "RUNNER",
             ];

@@ -91,6 +91,9 @@ pub struct RunnerRecord {
     pub max_log_bytes: Option<u64>,
     #[serde(default)]
     pub slot_id: Option<String>,
+    /// Address-space limit of the runner (and its children), in MiB.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// `supervisor.json`, written once the runner has started.
@@ -311,13 +314,21 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         .argv
         .split_first()
         .ok_or_else(|| io::Error::other("runner.json has an empty argv"))?;
-    let mut child = match Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .current_dir(&record.cwd)
         .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-    {
+        .process_group(0);
+    if let Some(limit) = record.memory_limit_mb {
+        let bytes = limit.saturating_mul(1 << 20);
+        // SAFETY: runs between fork and exec in this single-threaded supervisor and only
+        // calls setrlimit, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || sys::limit_address_space(bytes));
+        }
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
             let error = format!("cannot start runner {program:?}: {err}");

@@ -216,6 +216,20 @@ pub fn install_signal_handler(signal: libc::c_int, handler: extern "C" fn(libc::
     }
 }
 
+/// Caps this process's address space (inherited by its children): allocations past it
+/// fail. For `CommandExt::pre_exec`.
+pub fn limit_address_space(bytes: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the struct we pass; it is async-signal-safe.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// This machine's host name ("localhost" if it cannot be read).
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

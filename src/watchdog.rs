@@ -18,12 +18,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use crate::procfs;
+pub use crate::procfs::Usage;
 use crate::supervisor::{Exit, Liveness, RunnerDir, StopReason};
 use crate::sys::{self, PidFd, WakePipe};
 
 /// How often logs and heartbeat files are looked at for `status`, and adopted runners
 /// without a pidfd are checked.
 const LOOK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often runners' memory and CPU use is measured for `status` (one pass over /proc).
+const USAGE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a new runner's pid is looked for until its supervisor has written it.
 const PID_POLL: Duration = Duration::from_millis(20);
 /// How long that quick polling lasts; past it the pid is looked for once a second.
@@ -73,6 +77,11 @@ pub enum RunnerEvent {
     Pid {
         runner_id: String,
         pid: u32,
+    },
+    /// Measured resource use of the runner's process group.
+    Usage {
+        runner_id: String,
+        usage: Usage,
     },
 }
 
@@ -147,6 +156,8 @@ struct Watched {
     /// A stop that could not be signalled yet (adopted, supervisor pid not known).
     pending_stop: Option<StopReason>,
     pid_reported: bool,
+    /// The runner's pid, which is also its process group.
+    runner_pid: Option<u32>,
     since: Instant,
     log_size: u64,
     heartbeat_mtime: Option<SystemTime>,
@@ -156,6 +167,7 @@ struct Actor {
     events: Sender<RunnerEvent>,
     runners: HashMap<String, Watched>,
     last_look: Instant,
+    last_usage: Instant,
     /// Set by `StopAll`: runners handed over later (launched meanwhile) are stopped at once.
     stopping_all: Option<StopReason>,
     /// Stops for runners not handed over yet.
@@ -168,6 +180,7 @@ impl Actor {
             events,
             runners: HashMap::new(),
             last_look: Instant::now(),
+            last_usage: Instant::now(),
             stopping_all: None,
             early_stops: HashMap::new(),
         }
@@ -193,6 +206,10 @@ impl Actor {
             if self.last_look.elapsed() >= LOOK_INTERVAL {
                 self.look();
                 self.last_look = Instant::now();
+            }
+            if self.last_usage.elapsed() >= USAGE_INTERVAL && !self.runners.is_empty() {
+                self.measure_usage();
+                self.last_usage = Instant::now();
             }
             let waiting_for_pids = self.report_pids();
             // One descriptor per supervisor: readable once it has exited.
@@ -236,6 +253,7 @@ impl Actor {
                     watch: *watch,
                     pending_stop: None,
                     pid_reported: false,
+                    runner_pid: None,
                     since: Instant::now(),
                     log_size,
                     heartbeat_mtime,
@@ -289,6 +307,7 @@ impl Actor {
             }
             if let Some(info) = watched.watch.dir.read_supervisor() {
                 watched.pid_reported = true;
+                watched.runner_pid = Some(info.runner_pid);
                 let _ = self.events.send(RunnerEvent::Pid {
                     runner_id: id.clone(),
                     pid: info.runner_pid,
@@ -298,6 +317,20 @@ impl Actor {
             }
         }
         waiting
+    }
+
+    /// Resource use of each runner's process group, from one pass over `/proc`.
+    fn measure_usage(&mut self) {
+        let groups = procfs::usage_by_group();
+        for (id, watched) in &self.runners {
+            let Some(usage) = watched.runner_pid.and_then(|pid| groups.get(&pid)) else {
+                continue;
+            };
+            let _ = self.events.send(RunnerEvent::Usage {
+                runner_id: id.clone(),
+                usage: *usage,
+            });
+        }
     }
 
     /// Once a second: signs of life, and adopted runners known only by their lock.

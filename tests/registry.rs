@@ -1112,7 +1112,7 @@ fn status_without_dispatcher_reports_registry_counts_in_json_and_aligned_tables(
     assert!(text.starts_with("dispatcher: not running"), "{text}");
     assert_aligned(
         &section(&text, "POOLS"),
-        &["POOL", "TYPE", "RUNNING", "ENABLED"],
+        &["POOL", "TYPE", "RUNNING", "CPU", "MEMORY MIB", "ENABLED"],
     );
     assert_aligned(
         &section(&text, "TASKSETS"),
@@ -1147,7 +1147,8 @@ fn status_without_dispatcher_reports_registry_counts_in_json_and_aligned_tables(
     assert_eq!(
         report["pools"],
         json!([{"name": "local", "type": "local-process", "running": 0,
-                "max_concurrency": 2, "enabled": true}])
+                "max_concurrency": 2, "enabled": true, "cpu_used": 0.0, "cpu_quota": null,
+                "memory_used_mb": 0, "memory_quota_mb": null, "quota_blocked": false}])
     );
     assert_eq!(report["running"], json!([]));
     assert_eq!(report["retrying"], json!([]));

@@ -27,6 +27,8 @@ pub struct Config {
     pub skill_mapping: BTreeMap<String, Vec<String>>,
     /// `[repo_pool]`: where task checkouts live and which repositories get them.
     pub repo_pool: RepoPoolSettings,
+    /// `[fair_share] weights`: spec → weight for the `fair-share` policy (default 1).
+    pub fair_share_weights: BTreeMap<String, f64>,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -45,6 +47,8 @@ pub struct DispatcherSettings {
     pub state_dir: PathBuf,
     /// An attempt's log is cut at this size, with a marker; `None` keeps everything.
     pub max_log_bytes: Option<u64>,
+    /// A task ready for longer than this is taken before any other; `None`: off.
+    pub starvation_after: Option<Duration>,
 }
 
 /// The order in which ready tasks are started.
@@ -52,6 +56,8 @@ pub struct DispatcherSettings {
 pub enum SchedulingPolicy {
     Priority,
     Fifo,
+    SkillBased,
+    FairShare,
 }
 
 impl SchedulingPolicy {
@@ -60,6 +66,8 @@ impl SchedulingPolicy {
         match self {
             SchedulingPolicy::Priority => "priority",
             SchedulingPolicy::Fifo => "fifo",
+            SchedulingPolicy::SkillBased => "skill-based",
+            SchedulingPolicy::FairShare => "fair-share",
         }
     }
 }
@@ -132,12 +140,44 @@ pub struct PoolConfig {
     /// A file of `KEY=value` lines (secrets) added to the runner's environment, read at
     /// each launch, never logged or written to status, events or TASK_CONTEXT.
     pub env_file: Option<PathBuf>,
+    /// Caps on the sum of the running tasks' requests (CPUs, MiB); `None`: no cap.
+    pub cpu_quota: Option<f64>,
+    pub memory_quota_mb: Option<u64>,
+    /// The request of a task that names none in `metadata.resources`.
+    pub default_cpu: f64,
+    pub default_memory_mb: u64,
+    /// Address-space limit of each runner (setrlimit), in MiB; `None`: no limit.
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// How a pool runs its agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
     LocalProcess,
+}
+
+impl PoolConfig {
+    /// A local-process pool running `command`, every other setting at its default (one
+    /// runner at a time, no timeout, the dispatcher's environment, no quotas).
+    pub fn new(command: Vec<String>) -> PoolConfig {
+        PoolConfig {
+            kind: PoolKind::LocalProcess,
+            max_concurrency: 1,
+            enabled: true,
+            command,
+            env: BTreeMap::new(),
+            config: BTreeMap::new(),
+            timeout: None,
+            inherit_env: true,
+            pass_env: Vec::new(),
+            env_file: None,
+            cpu_quota: None,
+            memory_quota_mb: None,
+            default_cpu: 1.0,
+            default_memory_mb: 0,
+            memory_limit_mb: None,
+        }
+    }
 }
 
 impl PoolKind {
@@ -194,6 +234,7 @@ const SECTIONS: &[&str] = &[
     "agent_pools",
     "skill_mapping",
     "repo_pool",
+    "fair_share",
 ];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
@@ -204,6 +245,7 @@ const DISPATCHER_KEYS: &[&str] = &[
     "stop_grace_period",
     "state_dir",
     "max_log_bytes",
+    "starvation_after",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "max_delay"];
 const REGISTRY_KEYS: &[&str] = &["dir"];
@@ -220,7 +262,13 @@ const POOL_KEYS: &[&str] = &[
     "inherit_env",
     "pass_env",
     "env_file",
+    "cpu_quota",
+    "memory_quota",
+    "default_resources",
+    "memory_limit_mb",
 ];
+const RESOURCE_KEYS: &[&str] = &["cpu", "memory_mb"];
+const FAIR_SHARE_KEYS: &[&str] = &["weights"];
 
 impl Config {
     /// Reads and validates the file at `path`. Relative paths inside are resolved against the
@@ -253,6 +301,7 @@ impl Config {
                 stop_grace_period: Duration::from_secs(10),
                 state_dir: base_dir.join(".dispatcher"),
                 max_log_bytes: Some(DEFAULT_MAX_LOG_BYTES),
+                starvation_after: None,
             },
             retry: RetrySettings {
                 max_attempts: 3,
@@ -269,6 +318,7 @@ impl Config {
                 dir: base_dir.join("workspaces"),
                 repos: Vec::new(),
             },
+            fair_share_weights: BTreeMap::new(),
             base_dir: base_dir.to_path_buf(),
         }
     }
@@ -276,6 +326,13 @@ impl Config {
     /// The pools that may run a task needing `skill`, in the order configured:
     /// `skill_mapping[skill]`, else the pool named like the skill, else `skill_mapping.default`,
     /// else the pool named `default`, else none. A task without a skill gets the default rule.
+    /// Whether a skill reaches its pools through its own mapping or a pool of its name,
+    /// rather than through `default` (the `skill-based` policy serves those tasks first).
+    pub fn skill_is_mapped(&self, skill: Option<&str>) -> bool {
+        skill
+            .is_some_and(|s| self.skill_mapping.contains_key(s) || self.agent_pools.contains_key(s))
+    }
+
     pub fn pools_for_skill(&self, skill: Option<&str>) -> Vec<&str> {
         if let Some(skill) = skill {
             if let Some(found) = self.mapped_or_named(skill) {
@@ -341,6 +398,17 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
     let mut config = Config::default_in(base_dir);
     let root = root.table()?;
     root.deny_unknown(SECTIONS)?;
+    if let Some(section) = root.get("fair_share") {
+        let table = section.table()?;
+        table.deny_unknown(FAIR_SHARE_KEYS)?;
+        if let Some(weights) = table.get("weights") {
+            for item in weights.table()?.entries() {
+                config
+                    .fair_share_weights
+                    .insert(item.name.to_owned(), positive(&item)?);
+            }
+        }
+    }
     if let Some(section) = root.get("dispatcher") {
         decode_dispatcher(&section, base_dir, &mut config.dispatcher)?;
     }
@@ -480,9 +548,11 @@ fn decode_dispatcher(
         settings.scheduling_policy = match item.str()? {
             "priority" => SchedulingPolicy::Priority,
             "fifo" => SchedulingPolicy::Fifo,
+            "skill-based" => SchedulingPolicy::SkillBased,
+            "fair-share" => SchedulingPolicy::FairShare,
             other => {
                 return Err(item.problem(format!(
-                    "unknown scheduling policy {other:?} (supported: priority, fifo)"
+                    "unknown scheduling policy {other:?} (supported: priority, fifo, skill-based, fair-share)"
                 )))
             }
         };
@@ -504,6 +574,9 @@ fn decode_dispatcher(
     }
     if let Some(item) = table.get("max_log_bytes") {
         settings.max_log_bytes = Some(item.byte_size()?).filter(|bytes| *bytes > 0);
+    }
+    if let Some(item) = table.get("starvation_after") {
+        settings.starvation_after = Some(item.duration()?).filter(|d| !d.is_zero());
     }
     Ok(())
 }
@@ -628,6 +701,29 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         Some(item) => Some(path_value(&item, base_dir)?),
         None => None,
     };
+    let cpu_quota = match table.get("cpu_quota") {
+        Some(item) => Some(positive(&item)?),
+        None => None,
+    };
+    let memory_quota_mb = match table.get("memory_quota") {
+        Some(item) => Some(item.mebibytes()?),
+        None => None,
+    };
+    let memory_limit_mb = match table.get("memory_limit_mb") {
+        Some(item) => Some(item.integer(1)?),
+        None => None,
+    };
+    let (mut default_cpu, mut default_memory_mb) = (1.0, 0);
+    if let Some(section) = table.get("default_resources") {
+        let resources = section.table()?;
+        resources.deny_unknown(RESOURCE_KEYS)?;
+        if let Some(item) = resources.get("cpu") {
+            default_cpu = non_negative(&item)?;
+        }
+        if let Some(item) = resources.get("memory_mb") {
+            default_memory_mb = item.integer(0)?;
+        }
+    }
     Ok(PoolConfig {
         kind,
         max_concurrency,
@@ -639,7 +735,30 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         inherit_env,
         pass_env,
         env_file,
+        cpu_quota,
+        memory_quota_mb,
+        default_cpu,
+        default_memory_mb,
+        memory_limit_mb,
     })
+}
+
+fn positive(item: &Item<'_>) -> Result<f64, Problem> {
+    let value = item.float()?;
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(item.problem(format!("must be a number above 0, found {value}")))
+    }
+}
+
+fn non_negative(item: &Item<'_>) -> Result<f64, Problem> {
+    let value = item.float()?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(item.problem(format!("must be a number of at least 0, found {value}")))
+    }
 }
 
 /// A table of scalars as strings; `bad_key` says why a key is refused, if it is.
@@ -1035,12 +1154,15 @@ default = "backend"
 
     #[test]
     fn bad_policy_names_key_and_line() {
-        let err = parse_err("[dispatcher]\nscheduling_policy = \"fair-share\"\n", 2);
+        let err = parse_err("[dispatcher]\nscheduling_policy = \"round-robin\"\n", 2);
         assert!(
-            err.contains("dispatcher.scheduling_policy: unknown scheduling policy \"fair-share\""),
+            err.contains("dispatcher.scheduling_policy: unknown scheduling policy \"round-robin\""),
             "{err}"
         );
-        assert!(err.contains("priority, fifo"), "{err}");
+        assert!(
+            err.contains("priority, fifo, skill-based, fair-share"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1339,5 +1461,43 @@ default = "backend"
         assert!(parse_byte_size("1TB").is_err());
         assert!(parse_byte_size("-1").is_err());
         assert!(parse_byte_size("99999999999999999999GB").is_err());
+    }
+
+    #[test]
+    fn policies_fair_share_weights_starvation_and_quotas() {
+        let config = parse_ok(
+            "[dispatcher]\nscheduling_policy = \"fair-share\"\nstarvation_after = \"10m\"\n\n\
+             [fair_share]\nweights = { spec-a = 2, spec-b = 0.5 }\n\n\
+             [agent_pools.gpu]\ncommand = [\"x\"]\ncpu_quota = 8\nmemory_quota = \"16GiB\"\n\
+             memory_limit_mb = 4096\ndefault_resources = { cpu = 2, memory_mb = 1024 }\n",
+        );
+        assert_eq!(
+            config.dispatcher.scheduling_policy,
+            SchedulingPolicy::FairShare
+        );
+        assert_eq!(
+            config.dispatcher.starvation_after,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(config.fair_share_weights["spec-a"], 2.0);
+        assert_eq!(config.fair_share_weights["spec-b"], 0.5);
+        let pool = &config.agent_pools["gpu"];
+        assert_eq!(pool.cpu_quota, Some(8.0));
+        assert_eq!(pool.memory_quota_mb, Some(16 * 1024));
+        assert_eq!(pool.memory_limit_mb, Some(4096));
+        assert_eq!((pool.default_cpu, pool.default_memory_mb), (2.0, 1024));
+        assert_eq!(
+            parse_ok("[dispatcher]\nscheduling_policy = \"skill-based\"\n")
+                .dispatcher
+                .scheduling_policy,
+            SchedulingPolicy::SkillBased
+        );
+        let err = parse_err("[fair_share]\nweights = { a = 0 }\n", 2);
+        assert!(err.contains("fair_share.weights.a"), "{err}");
+        let err = parse_err(
+            "[agent_pools.p]\ncommand = [\"x\"]\ndefault_resources = { gpu = 1 }\n",
+            3,
+        );
+        assert!(err.contains("gpu"), "{err}");
     }
 }

@@ -218,6 +218,15 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// A memory size in MiB: a plain integer is MiB already, a string such as `"8GiB"` is
+    /// converted (rounded up).
+    pub(super) fn mebibytes(&self) -> Result<u64, Problem> {
+        match self.node {
+            Node::Integer(_) => self.integer(0),
+            _ => Ok(self.byte_size()?.div_ceil(1 << 20)),
+        }
+    }
+
     /// A string, number or boolean as text: these end up in environment variables.
     pub(super) fn scalar_string(&self) -> Result<String, Problem> {
         match self.node {

@@ -3,7 +3,7 @@
 //! then the events of that write, then the launches. A failed write leaves the spec alone
 //! for a moment and keeps the ended attempts to write later.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
 use crate::registry::{Event, Task, TaskState, Taskset};
-use crate::scheduler::{self, PoolLoad, TaskKey};
+use crate::scheduler::{self, PlanInput, PoolLoad, Resources, TaskKey};
 use crate::slots::Allocation;
 use crate::supervisor::{Exit, RunnerDir, StopReason};
 use crate::timefmt;
@@ -26,6 +26,8 @@ pub(super) struct Pick {
     pub(super) key: TaskKey,
     pub(super) pool: usize,
     runner_id: String,
+    /// What the task counts against its pool's quotas.
+    pub(super) resources: Resources,
 }
 
 #[derive(Default)]
@@ -126,34 +128,99 @@ impl Core {
                     running: p.running,
                     max: pool.max_concurrency,
                     enabled: pool.enabled,
+                    cpu_used: p.cpu_used,
+                    cpu_quota: pool.cpu_quota,
+                    memory_used_mb: p.memory_used_mb,
+                    memory_quota_mb: pool.memory_quota_mb,
+                    default_resources: Resources {
+                        cpu: pool.default_cpu,
+                        memory_mb: pool.default_memory_mb,
+                    },
                 }
             })
             .collect();
-        let plan = scheduler::plan(&self.queue, &mut loads, &mut self.free_slots, global_free);
-        let mut picks = Vec::with_capacity(plan.len());
-        for (key, pool) in plan {
+        let mut spec_running: HashMap<Arc<str>, usize> = HashMap::new();
+        let placed = self
+            .running
+            .values()
+            .map(|r| &r.key)
+            .chain(self.allocating.keys())
+            .chain(self.allocated.iter().map(|(p, _)| &p.key));
+        for key in placed {
+            *spec_running.entry(key.spec.clone()).or_default() += 1;
+        }
+        let starving_before = self.config.dispatcher.starvation_after.map(|after| {
+            timefmt::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX)
+        });
+        let plan = scheduler::plan(
+            &self.queue,
+            PlanInput {
+                loads: &mut loads,
+                free_slots: &mut self.free_slots,
+                global_free,
+                spec_running: &mut spec_running,
+                weights: &self.config.fair_share_weights,
+                starving_before,
+            },
+        );
+        self.note_quota_blocks(&plan.quota_blocked);
+        let mut picks = Vec::with_capacity(plan.assignments.len());
+        for (key, pool) in plan.assignments {
             self.runner_seq += 1;
             let runner_id = format!(
                 "runner-{}-{}-{}",
                 self.pools[pool].name, self.run_prefix, self.runner_seq
             );
-            self.pools[pool].running += 1;
+            let task = self
+                .specs
+                .get(&*key.spec)
+                .and_then(|s| s.taskset.clone())
+                .and_then(|ts| ts.task(&key.id).cloned());
+            let pool_config = &self.config.agent_pools[&self.pools[pool].name];
+            let resources = task
+                .as_ref()
+                .and_then(super::placement::requested_resources)
+                .unwrap_or(Resources {
+                    cpu: pool_config.default_cpu,
+                    memory_mb: pool_config.default_memory_mb,
+                });
+            self.take_place(pool, resources);
             let pick = Pick {
                 key,
                 pool,
                 runner_id,
+                resources,
             };
-            let task = self
-                .specs
-                .get(&*pick.key.spec)
-                .and_then(|s| s.taskset.clone())
-                .and_then(|ts| ts.task(&pick.key.id).cloned());
             match task.as_ref().and_then(|t| self.repo_of(t)) {
                 Some(repo) => self.allocate(pick, &repo),
                 None => picks.push(pick),
             }
         }
         picks
+    }
+
+    /// Logs each pool that reaches its CPU or memory quota, once per episode.
+    fn note_quota_blocks(&mut self, blocked: &HashSet<usize>) {
+        for (index, pool) in self.pools.iter_mut().enumerate() {
+            let now_blocked = blocked.contains(&index);
+            if now_blocked && !pool.quota_blocked {
+                let config = &self.config.agent_pools[&pool.name];
+                log::warn!(
+                    "pool {} is at its quota (cpu {:.1}/{}, memory {} MiB/{}); its tasks wait",
+                    pool.name,
+                    pool.cpu_used,
+                    config.cpu_quota.map_or("-".into(), |q| q.to_string()),
+                    pool.memory_used_mb,
+                    config.memory_quota_mb.map_or("-".into(), |q| q.to_string()),
+                );
+            } else if !now_blocked
+                && pool.quota_blocked
+                && pool.running < config_max(&self.config, &pool.name)
+            {
+                log::info!("pool {} is below its quota again", pool.name);
+            }
+            pool.quota_blocked = now_blocked;
+        }
     }
 
     fn write_batch(&mut self, spec: &str, batch: Batch) {
@@ -278,7 +345,7 @@ impl Core {
     /// A pick that was not claimed (its task changed meanwhile): its pool place and its slot
     /// go back.
     fn give_back(&mut self, pick: &Pick, slot: Option<Allocation>) {
-        self.pools[pick.pool].running -= 1;
+        self.free_place(pick.pool, pick.resources);
         if let Some(slot) = slot {
             let repo = self
                 .specs
@@ -302,6 +369,7 @@ impl Core {
             key,
             pool,
             runner_id,
+            resources,
         } = pick;
         let pool_name = self.pools[pool].name.clone();
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
@@ -337,6 +405,8 @@ impl Core {
                 key,
                 runner_id,
                 slot: hold,
+                resources,
+                usage: None,
                 pool: Some(pool),
                 adopted: false,
                 attempt,
@@ -361,7 +431,7 @@ impl Core {
         };
         log::error!("task {}: {error}", run.key);
         if let Some(pool) = run.pool {
-            self.pools[pool].running -= 1;
+            self.free_place(pool, run.resources);
         }
         let exit = Exit::without_status(runner_id, error);
         self.pending.push(Finish { run, exit });
@@ -551,4 +621,11 @@ fn log_verdict(finish: &Finish, verdict: &Verdict, unblocked: &[String]) {
             finish.run.runner_id
         ),
     }
+}
+
+fn config_max(config: &crate::config::Config, pool: &str) -> usize {
+    config
+        .agent_pools
+        .get(pool)
+        .map_or(0, |p| p.max_concurrency)
 }

@@ -33,11 +33,12 @@ use crate::config::Config;
 use crate::launch_pool::LaunchPool;
 use crate::monitor::{Monitor, RegistryEvent};
 use crate::registry::{Event, EventLog, Registry, TaskState, Taskset};
-use crate::scheduler::{self, TaskKey};
+use crate::scheduler::{self, Resources, TaskKey};
 use crate::statedir::{InstanceLock, StateDir};
 use crate::status::StatusReport;
 use crate::supervisor::{Exit, StopReason};
 use crate::timefmt;
+use crate::watchdog::Usage;
 use crate::watchdog::{RunnerEvent, WatchCommand, Watchdog};
 
 use crate::slot_worker::SlotWorkers;
@@ -108,7 +109,13 @@ pub struct CoreParts {
 
 struct PoolRuntime {
     name: String,
+    /// Places taken: running runners plus picks on their way to starting.
     running: usize,
+    /// Sum of the requests of those places.
+    cpu_used: f64,
+    memory_used_mb: u64,
+    /// At its CPU or memory quota while it had room for more runners (logged once).
+    quota_blocked: bool,
 }
 
 struct SpecState {
@@ -133,6 +140,10 @@ struct Running {
     key: TaskKey,
     runner_id: String,
     slot: Option<SlotHold>,
+    /// What it counts against its pool's quotas.
+    resources: Resources,
+    /// Measured use of its process group (`None` until first measured).
+    usage: Option<Usage>,
     /// `None` for an adopted runner whose pool is no longer configured.
     pool: Option<usize>,
     adopted: bool,
@@ -194,7 +205,8 @@ pub struct Core {
     last_sweep: Instant,
 
     pools: Vec<PoolRuntime>,
-    routes: HashMap<Option<String>, Arc<[usize]>>,
+    /// Pools serving a skill, and whether they are mapped to it (not reached by `default`).
+    routes: HashMap<Option<String>, (Arc<[usize]>, bool)>,
     specs: BTreeMap<String, SpecState>,
     queue: scheduler::Queue,
     retry: RetryWait,
@@ -233,6 +245,9 @@ impl Core {
             .map(|name| PoolRuntime {
                 name: name.clone(),
                 running: 0,
+                cpu_used: 0.0,
+                memory_used_mb: 0,
+                quota_blocked: false,
             })
             .collect();
         let heartbeat = config.dispatcher.heartbeat_timeout;
@@ -430,6 +445,22 @@ impl Core {
         }
     }
 
+    /// Takes a place in a pool for a task with this request.
+    fn take_place(&mut self, pool: usize, resources: Resources) {
+        let p = &mut self.pools[pool];
+        p.running += 1;
+        p.cpu_used += resources.cpu;
+        p.memory_used_mb += resources.memory_mb;
+    }
+
+    /// Gives a place back (the attempt ended, or never started).
+    fn free_place(&mut self, pool: usize, resources: Resources) {
+        let p = &mut self.pools[pool];
+        p.running = p.running.saturating_sub(1);
+        p.cpu_used = (p.cpu_used - resources.cpu).max(0.0);
+        p.memory_used_mb = p.memory_used_mb.saturating_sub(resources.memory_mb);
+    }
+
     fn send_watchdog(&self, command: WatchCommand) {
         if let Some(watchdog) = &self.watchdog {
             watchdog.send(command);
@@ -529,6 +560,11 @@ impl Core {
                     run.pid = Some(pid);
                 }
             }
+            RunnerEvent::Usage { runner_id, usage } => {
+                if let Some(run) = self.running.get_mut(&runner_id) {
+                    run.usage = Some(usage);
+                }
+            }
             RunnerEvent::Started {
                 runner_id,
                 supervisor_pid,
@@ -557,7 +593,7 @@ impl Core {
                     return;
                 };
                 if let Some(pool) = run.pool {
-                    self.pools[pool].running -= 1;
+                    self.free_place(pool, run.resources);
                 }
                 self.pending.push(Finish { run, exit });
             }

@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 
 use super::Core;
 use crate::registry::{Task, TaskState, Taskset};
-use crate::scheduler::{QueuedTask, TaskKey};
+use crate::scheduler::{QueuedTask, Resources, TaskKey};
 use crate::timefmt;
 use crate::view;
 
@@ -74,6 +74,26 @@ impl RetryWait {
     }
 }
 
+/// A task's own resource request, `metadata.resources = {cpu, memory_mb}`; a missing or
+/// unusable part takes the pool's default.
+pub(super) fn requested_resources(task: &Task) -> Option<Resources> {
+    let resources = task.metadata.get("resources")?.as_object()?;
+    let cpu = resources
+        .get("cpu")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|cpu| cpu.is_finite() && *cpu >= 0.0);
+    let memory_mb = resources
+        .get("memory_mb")
+        .and_then(serde_json::Value::as_u64);
+    if cpu.is_none() && memory_mb.is_none() {
+        return None;
+    }
+    Some(Resources {
+        cpu: cpu.unwrap_or(1.0),
+        memory_mb: memory_mb.unwrap_or(0),
+    })
+}
+
 /// What placing the tasks found that needs a registry write or a recovery.
 #[derive(Default)]
 struct Findings {
@@ -84,18 +104,20 @@ struct Findings {
 }
 
 impl Core {
-    /// The pools that can serve a skill, as indices; cached per skill.
-    pub(super) fn route(&mut self, skill: Option<&str>) -> Arc<[usize]> {
+    /// The pools that can serve a skill, as indices, and whether they are mapped to it
+    /// rather than reached through `default`; cached per skill.
+    pub(super) fn route(&mut self, skill: Option<&str>) -> (Arc<[usize]>, bool) {
         let key = skill.map(str::to_string);
         if let Some(route) = self.routes.get(&key) {
             return route.clone();
         }
-        let route: Arc<[usize]> = self
+        let pools: Arc<[usize]> = self
             .config
             .pools_for_skill(skill)
             .into_iter()
             .filter_map(|name| self.pools.iter().position(|p| p.name == name))
             .collect();
+        let route = (pools, self.config.skill_is_mapped(skill));
         self.routes.insert(key, route.clone());
         route
     }
@@ -195,7 +217,7 @@ impl Core {
         if reserved || !view::dependencies_done(taskset, task) {
             return;
         }
-        let pools = self.route(task.required_skill.as_deref());
+        let (pools, direct) = self.route(task.required_skill.as_deref());
         if pools.is_empty() {
             if self.unroutable_logged.insert(key.clone()) {
                 log::warn!(
@@ -219,6 +241,8 @@ impl Core {
                 ready_at: view::ready_at(task, &meta),
                 pools,
                 repo,
+                direct,
+                resources: requested_resources(task),
             });
         }
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{Core, Finish, Running};
 use crate::registry::{Event, Task, TaskState};
-use crate::scheduler::TaskKey;
+use crate::scheduler::{Resources, TaskKey};
 use crate::statedir::StateDir;
 use crate::supervisor::{Exit, Liveness, RunnerDir};
 use crate::sys::{self, PidFd};
@@ -76,8 +76,19 @@ impl Core {
             .as_deref()
             .and_then(|name| self.pools.iter().position(|p| p.name == name));
         let slot = self.slot_hold_of(task);
+        let resources = super::placement::requested_resources(task)
+            .or_else(|| {
+                let config = self.config.agent_pools.get(meta.pool.as_deref()?)?;
+                Some(Resources {
+                    cpu: config.default_cpu,
+                    memory_mb: config.default_memory_mb,
+                })
+            })
+            .unwrap_or_default();
         let mut run = Running {
             slot,
+            resources,
+            usage: None,
             runner_id: runner_id.clone(),
             key: key.clone(),
             pool,
@@ -129,7 +140,7 @@ impl Core {
                     log_path: run.log_path.clone(),
                 })));
                 if let Some(pool) = pool {
-                    self.pools[pool].running += 1;
+                    self.take_place(pool, run.resources);
                 }
                 self.running.insert(runner_id, run);
             }

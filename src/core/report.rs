@@ -75,6 +75,8 @@ impl Core {
                 title: r.title.clone(),
                 pool: r.pool.map(|p| self.pools[p].name.clone()),
                 adopted: r.adopted,
+                rss_bytes: r.usage.map(|u| u.rss_bytes),
+                cpu_seconds: r.usage.map(|u| u.cpu_seconds),
                 pid: r.pid,
                 attempt: r.attempt,
                 started_at: Some(r.started_at.clone()),
@@ -134,6 +136,11 @@ impl Core {
                         running: p.running,
                         max_concurrency: pool.max_concurrency,
                         enabled: pool.enabled,
+                        cpu_used: p.cpu_used,
+                        cpu_quota: pool.cpu_quota,
+                        memory_used_mb: p.memory_used_mb,
+                        memory_quota_mb: pool.memory_quota_mb,
+                        quota_blocked: p.quota_blocked,
                     }
                 })
                 .collect(),

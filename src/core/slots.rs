@@ -116,7 +116,7 @@ impl Core {
                     }
                     Ok(Some(allocation)) => {
                         // Draining: the claim will not happen; hand the slot back at once.
-                        self.pools[pick.pool].running -= 1;
+                        self.free_place(pick.pool, pick.resources);
                         let hold = SlotHold {
                             repo,
                             slot_id: allocation.slot_id,
@@ -169,7 +169,7 @@ impl Core {
     /// A pick that will not be claimed: its pool place is free again and the task goes back
     /// to the queue.
     fn unreserve(&mut self, pick: &super::Pick) {
-        self.pools[pick.pool].running -= 1;
+        self.free_place(pick.pool, pick.resources);
         let spec = pick.key.spec.to_string();
         if let Some(taskset) = self.specs.get(&spec).and_then(|s| s.taskset.clone()) {
             self.refresh_tasks(&spec, &taskset, &[pick.key.id.to_string()]);
