@@ -697,3 +697,94 @@ fn a_task_of_an_unconfigured_repo_runs_in_the_scratch_dir() {
         real(&workspaces(&env).join("app/slot1"))
     );
 }
+
+#[test]
+fn a_runner_that_ended_while_the_dispatcher_was_down_gives_its_slot_back() {
+    let env = Env::new();
+    let gates = Gates::new(&env);
+    let origin = make_origin(&env, "app");
+    let app = Repo {
+        name: "app",
+        origin: &origin,
+        slots: 1,
+    };
+    configure(
+        &env,
+        2,
+        &[app],
+        &[("GATE_DIR", gates.dir()), ("DIRTY", "1".into())],
+    );
+    // a goes first; c waits for the only slot.
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "a", "priority": 2, "metadata": {"repo_name": "app"}}),
+            json!({"id": "c", "priority": 1, "metadata": {"repo_name": "app"}}),
+        ],
+    );
+    gates.open("c");
+
+    let mut first = env.spawn_run(&[]);
+    wait_for("a to start", || started(&env, "a"));
+    first.signal(libc::SIGKILL);
+    first.wait(DEADLINE);
+    assert!(!started(&env, "c"), "c started while a held the only slot");
+    // a ends while no dispatcher runs; its supervisor records the exit.
+    gates.open("a");
+    let runner = env.task("s", "a")["metadata"]["dispatcher"]["runner_id"]
+        .as_str()
+        .expect("a's runner id")
+        .to_string();
+    let exit = env.state().join("runners").join(&runner).join("exit.json");
+    wait_for("a's runner to end", || exit.exists());
+    assert_eq!(slot(&env, "workspace-app-slot1")["task"], "s/a");
+
+    // The restart finishes a from its exit record, then releases its slot: c gets it.
+    let (status, log) = env.run_until_idle();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert_all_done(&env, "s");
+    assert_eq!(record(&env, "a", "pwd"), record(&env, "c", "pwd"));
+    assert_eq!(record(&env, "c", "status"), "", "c saw a's leftovers");
+    let artifacts = env.task("s", "a")["artifacts"].clone();
+    assert!(
+        artifacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["type"] == "diff"),
+        "a's patch artifact: {artifacts}"
+    );
+    assert_eq!(slot(&env, "workspace-app-slot1")["state"], "available");
+}
+
+#[test]
+fn task_assigned_event_names_the_slot_and_branch() {
+    // The dispatcher wrote `"assigned_slot": null` in every TaskAssigned event, slot or not,
+    // where NecroCode's event names the slot and the branch the task was given.
+    let env = Env::new();
+    let origin = make_origin(&env, "app");
+    let app = Repo {
+        name: "app",
+        origin: &origin,
+        slots: 1,
+    };
+    configure(&env, 2, &[app], &[]);
+    env.taskset("s", &[task("t1", Some("app")), task("t2", None)]);
+
+    let (status, log) = env.run_until_idle();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    let assigned = |id: &str| {
+        let events: Vec<Value> = env
+            .events_of_type("s", "TaskAssigned")
+            .into_iter()
+            .filter(|e| e["task_id"] == id)
+            .collect();
+        assert_eq!(events.len(), 1, "{id}: {events:?}");
+        events[0]["details"].clone()
+    };
+    let t1 = assigned("t1");
+    assert_eq!(t1["assigned_slot"], "workspace-app-slot1", "{t1}");
+    assert_eq!(t1["reserved_branch"], "task/s/t1", "{t1}");
+    let t2 = assigned("t2");
+    assert_eq!(t2["assigned_slot"], Value::Null, "{t2}");
+}
