@@ -441,7 +441,11 @@ fn five_tasks_share_two_slots_and_wait_for_one_without_failing() {
     assert_eq!(spans.len(), 5, "each task ran once: {spans:?}");
     assert_eq!(max_overlap(&spans), 2, "{spans:?}");
     for id in ids {
-        assert!(env.task("s", id)["metadata"]["dispatcher"]["attempts"] == 1);
+        let attempts = env.task("s", id)["metadata"]["dispatcher"]["attempts"].clone();
+        assert_eq!(
+            attempts, 1,
+            "{id} waited for a slot without a failed attempt"
+        );
     }
 }
 
