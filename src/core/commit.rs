@@ -319,15 +319,20 @@ impl Core {
             changed.push(id.clone());
         }
         for c in &claimed {
-            events.push(
-                Event::new("TaskAssigned", spec, Some(&c.pick.key.id))
-                    .with("old_state", "ready")
-                    .with("new_state", "running")
-                    .with("runner_id", c.pick.runner_id.as_str())
-                    .with("pool", self.pools[c.pick.pool].name.as_str())
-                    .with("attempt", c.attempt)
-                    .with("assigned_slot", serde_json::Value::Null),
-            );
+            let mut event = Event::new("TaskAssigned", spec, Some(&c.pick.key.id))
+                .with("old_state", "ready")
+                .with("new_state", "running")
+                .with("runner_id", c.pick.runner_id.as_str())
+                .with("pool", self.pools[c.pick.pool].name.as_str())
+                .with("attempt", c.attempt);
+            // As NecroCode's event: the slot and branch the task was given, when it got one.
+            event = match &c.slot {
+                Some(slot) => event
+                    .with("assigned_slot", slot.slot_id.as_str())
+                    .with("reserved_branch", slot.branch.as_str()),
+                None => event.with("assigned_slot", serde_json::Value::Null),
+            };
+            events.push(event);
             self.claimed
                 .insert(c.pick.key.clone(), c.pick.runner_id.clone());
             changed.push(c.pick.key.id.to_string());
