@@ -194,8 +194,9 @@ pub struct Core {
     /// Picks waiting for their slot, and picks with a slot waiting for their claim.
     allocating: HashMap<TaskKey, Pick>,
     allocated: Vec<(Pick, Allocation)>,
-    /// Slot releases sent and not answered yet.
+    /// Slot releases sent (or held back until `slots_ready`) and not answered yet.
     releasing: usize,
+    early_releases: Vec<crate::slot_worker::SlotJob>,
     /// Patch artifacts of released slots, to add to their tasks in the next write.
     pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
     /// The last slot error per repository, for `status`.
@@ -265,6 +266,7 @@ impl Core {
             allocating: HashMap::new(),
             allocated: Vec::new(),
             releasing: 0,
+            early_releases: Vec::new(),
             pending_artifacts: Vec::new(),
             slot_errors: BTreeMap::new(),
             finished_dirs: Vec::new(),

@@ -82,14 +82,22 @@ impl Core {
 
     /// Gives a slot back (its changes saved as a patch first), after the attempt's end is
     /// in the registry or when a claim did not happen.
+    ///
+    /// Before the slot threads have reported the free slots at start-up, releases wait:
+    /// that report replaces the counts, so a release counted before it would be lost.
     pub(super) fn release(&mut self, key: &TaskKey, hold: SlotHold, attempt: u32) {
         self.releasing += 1;
-        self.send_slot_job(SlotJob::Release {
+        let job = SlotJob::Release {
             key: key.clone(),
             repo: hold.repo,
             slot_id: hold.slot_id,
             patch_path: self.state.patch_path(&key.spec, &key.id, attempt),
-        });
+        };
+        if self.slots_ready {
+            self.send_slot_job(job);
+        } else {
+            self.early_releases.push(job);
+        }
     }
 
     pub(super) fn release_after(&mut self, finish: &Finish) {
@@ -105,6 +113,9 @@ impl Core {
                     self.free_slots.insert(Arc::from(repo.as_str()), n);
                 }
                 self.slots_ready = true;
+                for job in std::mem::take(&mut self.early_releases) {
+                    self.send_slot_job(job);
+                }
             }
             SlotEvent::Allocated { key, repo, result } => {
                 let Some(pick) = self.allocating.remove(&key) else {
