@@ -7,10 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use dispatcher::config::Config;
+use dispatcher::control::{self, Cancelled};
+use dispatcher::registry::{EventLog, Registry};
 use dispatcher::slots::{self, SlotManager};
 use dispatcher::statedir::StateDir;
 use dispatcher::status::StatusReport;
-use dispatcher::{Dispatcher, RunOutcome};
+use dispatcher::sys::SignalSet;
+use dispatcher::{ControlHandle, Dispatcher, RunOutcome};
 
 /// A configuration, lock or I/O error.
 pub const EXIT_ERROR: u8 = 1;
@@ -44,6 +47,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Switch a pool on or off: a disabled pool takes no new tasks; running ones finish.
+    ///
+    /// Works on a running dispatcher (within one poll interval) and without one; the switch
+    /// survives restarts (kept in the state dir's pools.json).
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
+    /// Set a task's priority (SPEC/TASK_ID N); the next scheduling decision uses it.
+    Priority {
+        /// The task, as SPEC/TASK_ID.
+        task: String,
+        /// The new priority (higher runs first under the priority policies).
+        #[arg(allow_hyphen_values = true)]
+        priority: i64,
+    },
+    /// Put a failed task back to ready, with its attempts reset.
+    Retry {
+        /// The task, as SPEC/TASK_ID.
+        task: String,
+    },
+    /// Cancel a task: a waiting one is failed at once; a running one has its runner stopped
+    /// (its process group gets SIGTERM, then SIGKILL) and is failed with reason "cancelled".
+    Cancel {
+        /// The task, as SPEC/TASK_ID.
+        task: String,
+    },
     /// Show the workspace slots of each repository pool: state, task, use and disk size.
     Slots {
         /// Print the pools and slots as JSON.
@@ -53,6 +83,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<SlotsAction>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolAction {
+    /// Let the pool take tasks again.
+    Enable { name: String },
+    /// Stop giving the pool new tasks; its running tasks finish.
+    Disable { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,7 +104,46 @@ enum SlotsAction {
 pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
     let config = load_config(&cli.config)?;
     match &cli.command {
-        Command::Run { until_idle } => run(config, *until_idle),
+        Command::Run { until_idle } => run(config, &cli.config, *until_idle),
+        Command::Pool { action } => {
+            let (name, enabled) = match action {
+                PoolAction::Enable { name } => (name, true),
+                PoolAction::Disable { name } => (name, false),
+            };
+            let state = StateDir::new(&config.dispatcher.state_dir);
+            let known = config.agent_pools.contains_key(name);
+            let changed = control::set_pool_enabled(&state, name, known, enabled)?;
+            let word = if enabled { "enabled" } else { "disabled" };
+            let already = if changed { "" } else { "already " };
+            emit(&format!("pool {name}: {already}{word}\n"))?;
+            Ok(0)
+        }
+        Command::Priority { task, priority } => {
+            let (spec, id) = control::parse_task_ref(task)?;
+            let (registry, events) = registry_and_events(&config);
+            let old = control::set_priority(&registry, &events, &spec, &id, *priority)?;
+            emit(&format!("{spec}/{id}: priority {old} -> {priority}\n"))?;
+            Ok(0)
+        }
+        Command::Retry { task } => {
+            let (spec, id) = control::parse_task_ref(task)?;
+            let (registry, events) = registry_and_events(&config);
+            control::retry(&registry, &events, &spec, &id)?;
+            emit(&format!("{spec}/{id}: ready again, attempts reset\n"))?;
+            Ok(0)
+        }
+        Command::Cancel { task } => {
+            let (spec, id) = control::parse_task_ref(task)?;
+            let (registry, events) = registry_and_events(&config);
+            let state = StateDir::new(&config.dispatcher.state_dir);
+            let text = match control::cancel(&registry, &events, &state, &spec, &id)? {
+                Cancelled::Queued => "failed (cancelled before it ran)",
+                Cancelled::Requested => "cancel requested: the dispatcher stops its runner",
+                Cancelled::Stopped => "runner stopped; failed (cancelled)",
+            };
+            emit(&format!("{spec}/{id}: {text}\n"))?;
+            Ok(0)
+        }
         Command::Status { json } => status(&config, *json),
         Command::Slots { json, action } => match action {
             None => slots_list(&config, *json),
@@ -85,18 +162,25 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-fn run(config: Config, until_idle: bool) -> anyhow::Result<u8> {
+fn registry_and_events(config: &Config) -> (Registry, EventLog) {
+    let registry = Registry::new(&config.task_registry.dir);
+    let state = StateDir::new(&config.dispatcher.state_dir);
+    let events = EventLog::new(&registry, state.event_fallback_path());
+    (registry, events)
+}
+
+fn run(config: Config, config_path: &Path, until_idle: bool) -> anyhow::Result<u8> {
+    // Blocked before any thread starts, so only the signal thread below ever sees them.
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .context("cannot block signals")?;
     let mut dispatcher = Dispatcher::new(config).until_idle(until_idle);
     dispatcher.start()?;
-    let shutdown = dispatcher.shutdown_handle()?;
-    // SIGINT, SIGTERM and SIGHUP all become a drain request for the core; the second one
-    // stops the runners without waiting.
-    ctrlc::set_handler(move || {
-        if shutdown.request() > 1 {
-            eprintln!("dispatcher: stopping runners now");
-        }
-    })
-    .context("cannot install the signal handler")?;
+    let control = dispatcher.control_handle()?;
+    let config_path = config_path.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || handle_signals(&signals, &control, &config_path))
+        .context("cannot start the signal thread")?;
     let outcome = dispatcher.wait()?;
     let summary = match outcome {
         RunOutcome::AllDone => "idle: every task is done",
@@ -106,6 +190,34 @@ fn run(config: Config, until_idle: bool) -> anyhow::Result<u8> {
     };
     log::info!("{summary}");
     Ok(outcome.exit_code())
+}
+
+/// SIGINT and SIGTERM drain (a second one stops the runners now); SIGHUP reloads the
+/// configuration file, keeping the old configuration if the new one is invalid.
+fn handle_signals(signals: &SignalSet, control: &ControlHandle, config_path: &Path) {
+    loop {
+        let signal = match signals.wait() {
+            Ok(signal) => signal,
+            Err(err) => {
+                log::error!("cannot wait for signals: {err}");
+                return;
+            }
+        };
+        if signal == libc::SIGHUP {
+            match load_config(config_path) {
+                Ok(config) => {
+                    log::info!("SIGHUP: reloading {}", config_path.display());
+                    control.reload(config);
+                }
+                Err(err) => log::error!(
+                    "SIGHUP: {}; keeping the running configuration",
+                    describe(&err)
+                ),
+            }
+        } else if control.shutdown() > 1 {
+            eprintln!("dispatcher: stopping runners now");
+        }
+    }
 }
 
 fn status(config: &Config, json: bool) -> anyhow::Result<u8> {

@@ -41,21 +41,28 @@ struct Started {
     shutdowns: Arc<AtomicUsize>,
 }
 
-/// Asks a running dispatcher to shut down; cheap to clone into a signal handler. The first
-/// request drains (waits for runners up to `graceful_shutdown_timeout`), the second stops
-/// the runners at once.
+/// Steers a running dispatcher from another thread (a signal handler, say); cheap to clone.
 #[derive(Clone)]
-pub struct ShutdownHandle {
+pub struct ControlHandle {
     control: Sender<Control>,
     requests: Arc<AtomicUsize>,
 }
 
-impl ShutdownHandle {
-    /// Returns how many shutdown requests there have been, this one included.
-    pub fn request(&self) -> usize {
+impl ControlHandle {
+    /// Asks for a shutdown. The first request drains (waits for runners up to
+    /// `graceful_shutdown_timeout`), the second stops the runners at once. Returns how many
+    /// shutdown requests there have been, this one included.
+    pub fn shutdown(&self) -> usize {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.control.send(Control::Shutdown { force: n > 1 });
         n
+    }
+
+    /// Applies a new configuration without stopping running runners: pools (list, limits,
+    /// quotas, commands for new launches), skill mapping, policy, retry and timeouts. The
+    /// registry, state dir, slot pools and poll interval take effect at the next start.
+    pub fn reload(&self, config: Config) {
+        let _ = self.control.send(Control::Reload(Box::new(config)));
     }
 }
 
@@ -109,9 +116,9 @@ impl Dispatcher {
         Ok(())
     }
 
-    pub fn shutdown_handle(&self) -> Result<ShutdownHandle, DispatchError> {
+    pub fn control_handle(&self) -> Result<ControlHandle, DispatchError> {
         let started = self.started.as_ref().ok_or(DispatchError::NotRunning)?;
-        Ok(ShutdownHandle {
+        Ok(ControlHandle {
             control: started.control.clone(),
             requests: started.shutdowns.clone(),
         })

@@ -7,6 +7,7 @@
 //! messages to the core ([`core`]), which alone owns the scheduling state.
 
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod dispatcher;
 pub mod fsutil;
@@ -31,5 +32,5 @@ pub mod watchdog;
 
 pub use crate::config::Config;
 pub use crate::core::RunOutcome;
-pub use crate::dispatcher::{DispatchError, Dispatcher, ShutdownHandle};
+pub use crate::dispatcher::{ControlHandle, DispatchError, Dispatcher};
 pub use crate::status::StatusReport;

@@ -59,6 +59,16 @@ impl StateDir {
         self.root.join("events-fallback.jsonl")
     }
 
+    /// Events that belong to no spec (pools enabled or disabled, configuration reloads).
+    pub fn dispatcher_events_path(&self) -> PathBuf {
+        self.root.join("events.jsonl")
+    }
+
+    /// Pools switched off with `dispatcher pool disable` (they survive restarts).
+    pub fn pool_overrides_path(&self) -> PathBuf {
+        self.root.join("pools.json")
+    }
+
     pub fn attempt_log(&self, spec: &str, task_id: &str, attempt: u32) -> PathBuf {
         self.root
             .join("logs")

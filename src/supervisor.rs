@@ -47,6 +47,8 @@ pub enum StopReason {
     HeartbeatLost,
     /// The dispatcher is draining; the attempt is not counted.
     Interrupted,
+    /// `dispatcher cancel`: the task is failed, not retried.
+    Cancelled,
 }
 
 impl StopReason {
@@ -55,6 +57,7 @@ impl StopReason {
             StopReason::TimedOut => "timed_out",
             StopReason::HeartbeatLost => "heartbeat_lost",
             StopReason::Interrupted => "interrupted",
+            StopReason::Cancelled => "cancelled",
         }
     }
 
@@ -63,6 +66,7 @@ impl StopReason {
             StopReason::TimedOut,
             StopReason::HeartbeatLost,
             StopReason::Interrupted,
+            StopReason::Cancelled,
         ]
         .into_iter()
         .find(|r| r.as_str() == text.trim())
@@ -161,6 +165,7 @@ impl Exit {
             (Some(StopReason::TimedOut), ..) => "execution timeout exceeded".into(),
             (Some(StopReason::HeartbeatLost), ..) => "no heartbeat within heartbeat_timeout".into(),
             (Some(StopReason::Interrupted), ..) => "interrupted by dispatcher shutdown".into(),
+            (Some(StopReason::Cancelled), ..) => "cancelled".into(),
             (None, Some(error), ..) => error.clone(),
             (None, None, Some(code), _) => format!("exited with code {code}"),
             (None, None, None, Some(signal)) => format!("killed by signal {signal}"),
@@ -292,22 +297,28 @@ struct Stopping {
 }
 
 fn supervise(dir: &RunnerDir) -> io::Result<()> {
-    // Out of the terminal's session, so its Ctrl-C and hang-up never reach us or the runner.
-    sys::new_session()?;
-    // Standard input is the locked runner.json: held until the supervisor exits, and while
-    // it is, the runner counts as alive.
-    let lock = sys::take_stdin()?;
-    if !sys::holds_flock(&lock) {
-        return Err(io::Error::other("runner.json is locked by another process"));
-    }
-    let record: RunnerRecord = serde_json::from_reader(&lock)
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+    // Handlers first, then unblock: the dispatcher blocks SIGINT/SIGTERM/SIGHUP in its
+    // threads (one thread waits for them) and we inherit that mask. A stop signal that came
+    // early is then delivered to our handler instead of killing us.
     let wake = WakePipe::new()?;
     WAKE_FD.store(wake.write_fd(), Ordering::Relaxed);
     sys::install_signal_handler(libc::SIGCHLD, on_child);
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         sys::install_signal_handler(signal, on_terminate);
     }
+    sys::SignalSet::unblock_all()?;
+    // Out of the terminal's session, so its Ctrl-C and hang-up never reach us or the runner.
+    sys::new_session()?;
+    // Standard input is the locked runner.json: held until the supervisor exits, and while
+    // it is, the runner counts as alive.
+    let mut lock = sys::take_stdin()?;
+    if !sys::holds_flock(&lock) {
+        return Err(io::Error::other("runner.json is locked by another process"));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut lock, &mut bytes)?;
+    let record: RunnerRecord = serde_json::from_slice(&bytes)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
 
     let started = Instant::now();
     let (program, args) = record

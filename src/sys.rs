@@ -230,6 +230,58 @@ pub fn limit_address_space(bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// A set of signals that one thread waits for (`wait`) while every other thread has them
+/// blocked: signal handling without async-signal-safety concerns.
+#[derive(Clone, Copy)]
+pub struct SignalSet {
+    set: libc::sigset_t,
+}
+
+impl SignalSet {
+    /// Blocks `signals` in the calling thread (and every thread it starts afterwards).
+    pub fn block(signals: &[libc::c_int]) -> io::Result<SignalSet> {
+        // SAFETY: sigemptyset/sigaddset initialise the set in place; pthread_sigmask reads it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &signal in signals {
+                libc::sigaddset(&mut set, signal);
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(SignalSet { set })
+        }
+    }
+
+    /// Unblocks every signal in the calling thread: a process started by a thread that had
+    /// some blocked inherits that mask, and a supervisor must hear SIGTERM.
+    pub fn unblock_all() -> io::Result<()> {
+        // SAFETY: an empty set, initialised in place, then read by pthread_sigmask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next signal of the set.
+    pub fn wait(&self) -> io::Result<libc::c_int> {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: sigwait reads the initialised set and writes one int.
+        let rc = unsafe { libc::sigwait(&self.set, &mut signal) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(signal)
+    }
+}
+
 /// This machine's host name ("localhost" if it cannot be read).
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

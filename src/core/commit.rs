@@ -46,6 +46,8 @@ pub(super) enum Verdict {
     Failed(u32),
     /// Back to ready without counting the attempt.
     Interrupted,
+    /// Failed for good by `dispatcher cancel`.
+    Cancelled,
     /// The task changed under us (removed, reset by hand): nothing written.
     Gone,
 }
@@ -127,7 +129,7 @@ impl Core {
                 PoolLoad {
                     running: p.running,
                     max: pool.max_concurrency,
-                    enabled: pool.enabled,
+                    enabled: pool.enabled && !p.switched_off,
                     cpu_used: p.cpu_used,
                     cpu_quota: pool.cpu_quota,
                     memory_used_mb: p.memory_used_mb,
@@ -510,6 +512,12 @@ fn apply_finish(
         meta.last_error = None;
         meta.next_attempt_at = None;
         Verdict::Done
+    } else if exit.stopped == Some(StopReason::Cancelled) || meta.cancel_requested {
+        task.state = TaskState::Failed;
+        meta.last_error = Some("cancelled".into());
+        meta.next_attempt_at = None;
+        meta.cancel_requested = false;
+        Verdict::Cancelled
     } else if exit.stopped == Some(StopReason::Interrupted) {
         // Interrupted by our own shutdown: the attempt does not count, and the task keeps
         // its ready time, so it keeps its place in the queue.
@@ -591,6 +599,12 @@ fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
                 .with("error", exit.describe())
                 .with("exit_code", json!(exit.exit_code)),
         ),
+        Verdict::Cancelled => events.push(
+            base("TaskCancelled")
+                .with("old_state", "running")
+                .with("new_state", "failed")
+                .with("reason", "cancelled"),
+        ),
         Verdict::Interrupted => events.push(
             base("TaskInterrupted")
                 .with("old_state", "running")
@@ -621,6 +635,7 @@ fn log_verdict(finish: &Finish, verdict: &Verdict, unblocked: &[String]) {
             finish.exit.describe()
         ),
         Verdict::Interrupted => log::warn!("{key} interrupted; back to ready"),
+        Verdict::Cancelled => log::warn!("{key} cancelled"),
         Verdict::Gone => log::warn!(
             "{key} changed in the registry while runner {} ran; its end was not recorded",
             finish.run.runner_id

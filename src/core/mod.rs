@@ -19,10 +19,11 @@
 mod commit;
 mod placement;
 mod recovery;
+mod reload;
 mod report;
 mod slots;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +68,8 @@ pub enum Control {
     Drain {
         timeout: Duration,
     },
+    /// SIGHUP: a new configuration, already validated.
+    Reload(Box<Config>),
     Status(Sender<StatusReport>),
 }
 
@@ -116,6 +119,8 @@ struct PoolRuntime {
     memory_used_mb: u64,
     /// At its CPU or memory quota while it had room for more runners (logged once).
     quota_blocked: bool,
+    /// Switched off with `dispatcher pool disable` (the state dir's `pools.json`).
+    switched_off: bool,
 }
 
 struct SpecState {
@@ -201,6 +206,12 @@ pub struct Core {
     pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
     /// The last slot error per repository, for `status`.
     slot_errors: BTreeMap<String, String>,
+    /// Runners asked to stop for `dispatcher cancel`.
+    cancelling: HashSet<String>,
+    /// When `pools.json` was last read (its mtime), and whether it ever was.
+    overrides_stamp: Option<SystemTime>,
+    overrides_read: bool,
+    last_overrides_check: Instant,
     /// Runner directories of recorded attempts, removed in batches (see `sweep`).
     finished_dirs: Vec<PathBuf>,
     last_sweep: Instant,
@@ -249,6 +260,7 @@ impl Core {
                 cpu_used: 0.0,
                 memory_used_mb: 0,
                 quota_blocked: false,
+                switched_off: false,
             })
             .collect();
         let heartbeat = config.dispatcher.heartbeat_timeout;
@@ -269,6 +281,10 @@ impl Core {
             early_releases: Vec::new(),
             pending_artifacts: Vec::new(),
             slot_errors: BTreeMap::new(),
+            cancelling: HashSet::new(),
+            overrides_stamp: None,
+            overrides_read: false,
+            last_overrides_check: Instant::now(),
             finished_dirs: Vec::new(),
             last_sweep: Instant::now(),
             queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
@@ -447,6 +463,53 @@ impl Core {
         }
     }
 
+    fn pool_enabled(&self, pool: usize) -> bool {
+        let runtime = &self.pools[pool];
+        self.config.agent_pools[&runtime.name].enabled && !runtime.switched_off
+    }
+
+    /// Applies `pools.json` when it changed: a pool switched off takes no new tasks (its
+    /// running ones finish); switched on, it takes tasks again.
+    fn read_pool_overrides(&mut self) {
+        let path = self.state.pool_overrides_path();
+        let stamp = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if stamp == self.overrides_stamp && self.overrides_read {
+            return;
+        }
+        self.overrides_stamp = stamp;
+        self.overrides_read = true;
+        let overrides = crate::control::PoolOverrides::read(&self.state);
+        for pool in &mut self.pools {
+            let off = overrides.disabled.contains(&pool.name);
+            if off != pool.switched_off {
+                log::info!(
+                    "pool {} {}",
+                    pool.name,
+                    if off { "disabled" } else { "enabled" }
+                );
+                pool.switched_off = off;
+                self.snapshot_dirty = true;
+            }
+        }
+    }
+
+    /// Asks the watchdog to stop the runners of tasks that `dispatcher cancel` marked.
+    fn honour_cancel(&mut self, key: &TaskKey, task: &crate::registry::Task) {
+        if !task.dispatcher_meta().cancel_requested {
+            return;
+        }
+        let Some(runner_id) = self.claimed.get(key).cloned() else {
+            return;
+        };
+        if self.running.contains_key(&runner_id) && self.cancelling.insert(runner_id.clone()) {
+            log::warn!("cancelling {key}: stopping runner {runner_id}");
+            self.send_watchdog(WatchCommand::Stop {
+                runner_id,
+                reason: StopReason::Cancelled,
+            });
+        }
+    }
+
     /// Takes a place in a pool for a task with this request.
     fn take_place(&mut self, pool: usize, resources: Resources) {
         let p = &mut self.pools[pool];
@@ -477,6 +540,7 @@ impl Core {
                 self.compute_never_runnable();
                 let _ = reply.send(self.report());
             }
+            Control::Reload(config) => self.reload(*config),
             Control::Shutdown { force: false } | Control::Drain { .. } if self.drain.is_none() => {
                 let timeout = match msg {
                     Control::Drain { timeout } => timeout,
@@ -520,6 +584,12 @@ impl Core {
     }
 
     fn on_timers(&mut self) {
+        if !self.overrides_read
+            || self.last_overrides_check.elapsed() >= self.config.dispatcher.poll_interval
+        {
+            self.last_overrides_check = Instant::now();
+            self.read_pool_overrides();
+        }
         if let Some(drain) = &mut self.drain {
             if !drain.stopping && Instant::now() >= drain.deadline {
                 drain.stopping = true;
@@ -594,6 +664,7 @@ impl Core {
                     log::warn!("exit of unknown runner {}", exit.runner_id);
                     return;
                 };
+                self.cancelling.remove(&exit.runner_id);
                 if let Some(pool) = run.pool {
                     self.free_place(pool, run.resources);
                 }
@@ -738,9 +809,7 @@ impl Core {
     /// is free or may come free.
     fn queue_has_servable_task(&self) -> bool {
         self.queue.iter_needs().any(|(_, pools, repo)| {
-            let pool_open = pools
-                .iter()
-                .any(|&p| self.config.agent_pools[&self.pools[p].name].enabled);
+            let pool_open = pools.iter().any(|&p| self.pool_enabled(p));
             pool_open && repo.is_none_or(|repo| self.slot_may_come(repo))
         })
     }

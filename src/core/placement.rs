@@ -195,7 +195,9 @@ impl Core {
                 return;
             }
             TaskState::Running => {
-                if !self.claimed.contains_key(&key) {
+                if self.claimed.contains_key(&key) {
+                    self.honour_cancel(&key, task);
+                } else {
                     let owner = task.dispatcher_meta().owner;
                     if owner.as_deref() == Some(&self.owner) {
                         findings

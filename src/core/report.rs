@@ -135,7 +135,7 @@ impl Core {
                         kind: pool.kind.as_str().to_string(),
                         running: p.running,
                         max_concurrency: pool.max_concurrency,
-                        enabled: pool.enabled,
+                        enabled: pool.enabled && !p.switched_off,
                         cpu_used: p.cpu_used,
                         cpu_quota: pool.cpu_quota,
                         memory_used_mb: p.memory_used_mb,

@@ -106,6 +106,9 @@ pub struct DispatcherMeta {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<String>,
+    /// `dispatcher cancel` asked for the running attempt to be stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
