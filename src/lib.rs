@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod deadlock;
 pub mod dispatcher;
 pub mod fsutil;
 pub mod launch_pool;
