@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use dispatcher::config::Config;
 use dispatcher::control::{self, Cancelled};
+use dispatcher::deadlock::{self, Finding};
 use dispatcher::registry::{EventLog, Registry};
 use dispatcher::slots::{self, SlotManager};
 use dispatcher::statedir::StateDir;
@@ -17,6 +18,9 @@ use dispatcher::{ControlHandle, Dispatcher, RunOutcome};
 
 /// A configuration, lock or I/O error.
 pub const EXIT_ERROR: u8 = 1;
+
+/// `check` found tasks that can never run: the code `run --until-idle` uses for them too.
+pub const EXIT_STUCK: u8 = 4;
 
 /// Runs long-running agent programs for a NecroCode task registry.
 #[derive(Parser, Debug)]
@@ -73,6 +77,18 @@ enum Command {
     Cancel {
         /// The task, as SPEC/TASK_ID.
         task: String,
+    },
+    /// Report, once, every task that can never run and why (for cron and CI).
+    ///
+    /// Finds dependency cycles (each as its path), tasks waiting on a dependency that failed
+    /// or does not exist, tasks no enabled pool serves, tasks stuck behind those, and
+    /// unreadable tasksets.
+    ///
+    /// Exit codes: 0 nothing found, 4 findings, 1 error.
+    Check {
+        /// Print {"findings": [...]}, each finding with its `kind` and ids.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the workspace slots of each repository pool: state, task, use and disk size.
     Slots {
@@ -145,6 +161,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { json } => status(&config, *json),
+        Command::Check { json } => check(&config, *json),
         Command::Slots { json, action } => match action {
             None => slots_list(&config, *json),
             Some(SlotsAction::Sync) => slots_sync(&config),
@@ -231,6 +248,41 @@ fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
         emit(&report.render())?;
     }
     Ok(0)
+}
+
+fn check(config: &Config, json: bool) -> anyhow::Result<u8> {
+    let root = &config.task_registry.dir;
+    // A mistyped registry path would otherwise look like a registry with nothing wrong in it,
+    // and a cron job would never notice.
+    if !root.is_dir() {
+        anyhow::bail!("registry directory {} does not exist", root.display());
+    }
+    let registry = Registry::new(root);
+    let service = deadlock::configured_service(config);
+    let mut findings = Vec::new();
+    for spec in registry.list_specs()? {
+        match registry.load(&spec) {
+            Ok(taskset) => findings.extend(deadlock::analyze(&taskset, &service)),
+            Err(err) => findings.push(Finding::Unreadable {
+                spec,
+                error: err.to_string(),
+            }),
+        }
+    }
+    if json {
+        let doc = serde_json::json!({ "findings": findings });
+        let text = serde_json::to_string_pretty(&doc).context("cannot encode the findings")?;
+        emit(&format!("{text}\n"))?;
+    } else if findings.is_empty() {
+        emit("no deadlocks or stuck tasks\n")?;
+    } else {
+        let lines: String = findings
+            .iter()
+            .map(|finding| finding.describe() + "\n")
+            .collect();
+        emit(&lines)?;
+    }
+    Ok(if findings.is_empty() { 0 } else { EXIT_STUCK })
 }
 
 fn slots_list(config: &Config, json: bool) -> anyhow::Result<u8> {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod deadlock;
 pub mod dispatcher;
 pub mod fsutil;
 pub mod launch_pool;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::deadlock::{self, Finding};
 use crate::fsutil;
 use crate::registry::{Registry, TaskState};
 use crate::statedir::StateDir;
@@ -43,6 +44,10 @@ pub struct StatusReport {
     /// The last slot failure per repository (the slot is in `error` until `slots sync`).
     #[serde(default)]
     pub slot_errors: Vec<SlotErrorStatus>,
+    /// Why tasks can never run: dependency cycles, failed or missing dependencies, skills no
+    /// enabled pool serves, unreadable tasksets (root causes), and the tasks behind them.
+    #[serde(default)]
+    pub deadlocks: Vec<Finding>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -201,11 +206,16 @@ impl StatusReport {
             ..StatusReport::default()
         };
         let mut pool_running: BTreeMap<String, usize> = BTreeMap::new();
+        let service = deadlock::configured_service(config);
         let specs = registry.list_specs().unwrap_or_default();
         for spec in specs {
             let taskset = match registry.load(&spec) {
                 Ok(taskset) => taskset,
                 Err(err) => {
+                    report.deadlocks.push(Finding::Unreadable {
+                        spec: spec.clone(),
+                        error: err.to_string(),
+                    });
                     report.tasksets.push(TasksetStatus {
                         spec,
                         version: None,
@@ -217,6 +227,9 @@ impl StatusReport {
                 }
             };
             let mut counts = empty_counts();
+            report
+                .deadlocks
+                .extend(deadlock::analyze(&taskset, &service));
             let doomed = view::never_runnable(&taskset);
             for task in &taskset.tasks {
                 *counts.entry(task.state.as_str().to_string()).or_default() += 1;
@@ -438,6 +451,18 @@ impl StatusReport {
                 .map(|e| vec![e.repo.clone(), e.error.clone()]);
             section(&mut out, "SLOT ERRORS", &["REPOSITORY", "ERROR"], rows);
         }
+        if !self.deadlocks.is_empty() {
+            let rows = self
+                .deadlocks
+                .iter()
+                .map(|f| vec![f.kind().to_owned(), f.describe()]);
+            section(
+                &mut out,
+                "DEADLOCKS AND STUCK TASKS",
+                &["KIND", "FINDING"],
+                rows,
+            );
+        }
         if !self.blocked_forever.is_empty() {
             let rows = self
                 .blocked_forever
@@ -534,6 +559,51 @@ mod tests {
         assert_eq!(
             lines,
             ["  NAME       N", "  a          1", "  long-name  22"]
+        );
+    }
+
+    #[test]
+    fn a_report_written_before_deadlocks_existed_still_loads() {
+        // What a dispatcher without deadlock detection writes to status.json.
+        let old = r#"{"schema_version": 1,
+            "dispatcher": {"running": false, "pid": null, "started_at": null, "updated_at": null,
+                           "draining": false, "policy": "priority", "state_dir": "s",
+                           "registry_dir": "r"},
+            "queue_length": 0, "totals": {}, "pools": [], "running": [], "retrying": [],
+            "unroutable": [], "blocked_forever": [], "tasksets": []}"#;
+        let report: StatusReport = serde_json::from_str(old).unwrap();
+        assert!(report.deadlocks.is_empty());
+    }
+
+    #[test]
+    fn deadlocks_are_listed_in_json_and_in_their_own_section() {
+        let report = StatusReport {
+            deadlocks: vec![Finding::FailedDependency {
+                spec: "chat-app".into(),
+                task_id: "3".into(),
+                dependency: "2".into(),
+            }],
+            ..StatusReport::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["deadlocks"],
+            serde_json::json!([{"kind": "failed_dependency", "spec": "chat-app",
+                                "task_id": "3", "dependency": "2"}])
+        );
+        let text = report.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "DEADLOCKS AND STUCK TASKS")
+            .take(3)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "DEADLOCKS AND STUCK TASKS",
+                "  KIND               FINDING",
+                "  failed_dependency  chat-app/3 waits on failed dependency 2",
+            ]
         );
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub repo_pool: RepoPoolSettings,
     /// `[fair_share] weights`: spec → weight for the `fair-share` policy (default 1).
     pub fair_share_weights: BTreeMap<String, f64>,
+    /// `[deadlock]`: the periodic search for tasks that can never run.
+    pub deadlock: DeadlockSettings,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -113,6 +115,34 @@ pub struct RepoPoolSettings {
     pub dir: PathBuf,
     /// `[[repo_pool.repos]]`, in the order written; names are unique.
     pub repos: Vec<RepoConfig>,
+}
+
+/// `[deadlock]`.
+#[derive(Debug, Clone)]
+pub struct DeadlockSettings {
+    /// Whether `run` checks at start-up and every `check_interval`.
+    pub enabled: bool,
+    pub check_interval: Duration,
+    pub action: DeadlockAction,
+}
+
+/// What `run` does when a check finds tasks that can never run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlockAction {
+    /// Log a warning and keep running.
+    Warn,
+    /// Stop taking tasks, drain, and exit 4.
+    Fail,
+}
+
+impl DeadlockAction {
+    /// The spelling used in `dispatcher.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadlockAction::Warn => "warn",
+            DeadlockAction::Fail => "fail",
+        }
+    }
 }
 
 /// `[agent_pools.<name>]`.
@@ -235,6 +265,7 @@ const SECTIONS: &[&str] = &[
     "skill_mapping",
     "repo_pool",
     "fair_share",
+    "deadlock",
 ];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
@@ -251,6 +282,7 @@ const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "
 const REGISTRY_KEYS: &[&str] = &["dir"];
 const REPO_POOL_KEYS: &[&str] = &["dir", "repos"];
 const REPO_KEYS: &[&str] = &["name", "url", "slots", "base_branch", "branch_pattern"];
+const DEADLOCK_KEYS: &[&str] = &["enabled", "check_interval", "action"];
 const POOL_KEYS: &[&str] = &[
     "type",
     "max_concurrency",
@@ -319,6 +351,11 @@ impl Config {
                 repos: Vec::new(),
             },
             fair_share_weights: BTreeMap::new(),
+            deadlock: DeadlockSettings {
+                enabled: true,
+                check_interval: Duration::from_secs(60),
+                action: DeadlockAction::Warn,
+            },
             base_dir: base_dir.to_path_buf(),
         }
     }
@@ -439,7 +476,39 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
     if let Some(section) = root.get("repo_pool") {
         decode_repo_pool(&section, base_dir, &mut config.repo_pool)?;
     }
+    if let Some(section) = root.get("deadlock") {
+        decode_deadlock(&section, &mut config.deadlock)?;
+    }
     Ok(config)
+}
+
+fn decode_deadlock(section: &Item<'_>, settings: &mut DeadlockSettings) -> Result<(), Problem> {
+    let table = section.table()?;
+    table.deny_unknown(DEADLOCK_KEYS)?;
+    if let Some(item) = table.get("enabled") {
+        settings.enabled = item.bool()?;
+    }
+    if let Some(item) = table.get("check_interval") {
+        settings.check_interval = item.duration()?;
+        // A zero interval would check in a busy loop; `enabled = false` is how to turn it off.
+        if settings.check_interval.is_zero() {
+            return Err(
+                item.problem("must be greater than zero (use enabled = false to turn checks off)")
+            );
+        }
+    }
+    if let Some(item) = table.get("action") {
+        settings.action = match item.str()? {
+            "warn" => DeadlockAction::Warn,
+            "fail" => DeadlockAction::Fail,
+            other => {
+                return Err(item.problem(format!(
+                    "unknown deadlock action {other:?} (supported: warn, fail)"
+                )))
+            }
+        };
+    }
+    Ok(())
 }
 
 fn decode_repo_pool(
@@ -1072,10 +1141,10 @@ default = "backend"
     #[test]
     fn unknown_section_names_key_and_line() {
         let err = parse_err(
-            "[dispatcher]\npoll_interval = 5\n\n[deadlock]\nenabled = true\n",
+            "[dispatcher]\npoll_interval = 5\n\n[deadlocks]\nenabled = true\n",
             4,
         );
-        assert!(err.contains("unknown key \"deadlock\""), "{err}");
+        assert!(err.contains("unknown key \"deadlocks\""), "{err}");
     }
 
     #[test]
@@ -1499,5 +1568,39 @@ default = "backend"
             3,
         );
         assert!(err.contains("gpu"), "{err}");
+    }
+
+    #[test]
+    fn deadlock_section_defaults_and_values() {
+        let default = parse_ok("").deadlock;
+        assert!(default.enabled);
+        assert_eq!(default.check_interval, secs(60));
+        assert_eq!(default.action, DeadlockAction::Warn);
+        let config =
+            parse_ok("[deadlock]\nenabled = false\ncheck_interval = \"5m\"\naction = \"fail\"\n");
+        assert!(!config.deadlock.enabled);
+        assert_eq!(config.deadlock.check_interval, secs(300));
+        assert_eq!(config.deadlock.action, DeadlockAction::Fail);
+        assert_eq!(config.deadlock.action.as_str(), "fail");
+    }
+
+    #[test]
+    fn deadlock_errors_name_key_and_line() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("[deadlock]\ninterval = \"1m\"\n", 2, "deadlock: unknown key \"interval\" (expected one of: enabled, check_interval, action)"),
+            ("[deadlock]\n\ncheck_interval = \"soon\"\n", 3, "deadlock.check_interval: invalid duration \"soon\""),
+            ("[deadlock]\ncheck_interval = 0\n", 2, "deadlock.check_interval: must be greater than zero"),
+            ("[deadlock]\naction = \"panic\"\n", 2, "deadlock.action: unknown deadlock action \"panic\" (supported: warn, fail)"),
+            ("[deadlock]\naction = 1\n", 2, "deadlock.action: expected a string, found integer"),
+            ("[deadlock]\nenabled = \"yes\"\n", 2, "deadlock.enabled: expected true or false"),
+            ("deadlock = 1\n", 1, "deadlock: expected a table"),
+        ];
+        for (text, line, expected) in cases {
+            let err = parse_err(text, *line);
+            assert!(
+                err.contains(expected),
+                "{text}\n=> {err}\nwanted {expected}"
+            );
+        }
     }
 }

@@ -174,6 +174,8 @@ impl Core {
                     error: error.clone(),
                 })
                 .collect(),
+            // Filled by the core's periodic deadlock check once it is wired in.
+            deadlocks: Vec::new(),
         }
     }
 }
