@@ -28,26 +28,36 @@ fn main() {
         .and_then(|d| d.and_hms_opt(9, 0, 0))
         .expect("valid date");
 
-    // Tasks of 100 specs, each routed to one pool (round robin), the last pool serving only
-    // the last tasks of the queue.
+    // Tasks of 100 specs, each routed to one pool. `spread`: round robin over all pools.
+    // `skewed`: round robin over all pools but the last, which serves only the last 10 tasks.
     let routes: Vec<Arc<[usize]>> = (0..pools).map(|p| Arc::from(vec![p])).collect();
-    let mut queue = Queue::new(SchedulingPolicy::Priority);
+    let fill_queue = |pool_of: &dyn Fn(usize) -> usize| {
+        let mut queue = Queue::new(SchedulingPolicy::Priority);
+        for i in 0..tasks {
+            queue.insert(QueuedTask {
+                key: TaskKey::new(&format!("spec-{:03}", i % 100), &i.to_string()),
+                priority: 0,
+                ready_at: base + chrono::Duration::milliseconds(i64::try_from(i).unwrap_or(0)),
+                pools: routes[pool_of(i)].clone(),
+                repo: None,
+            });
+        }
+        queue
+    };
     let fill = Instant::now();
-    for i in 0..tasks {
-        let last = i >= tasks - 10;
-        let pool = if last { pools - 1 } else { i % (pools - 1) };
-        queue.insert(QueuedTask {
-            key: TaskKey::new(&format!("spec-{:03}", i % 100), &i.to_string()),
-            priority: 0,
-            ready_at: base + chrono::Duration::milliseconds(i64::try_from(i).unwrap_or(0)),
-            pools: routes[pool].clone(),
-            repo: None,
-        });
-    }
+    let spread_queue = fill_queue(&|i| i % pools);
     let filled = Stats::of(vec![fill.elapsed()]);
+    let mut queue = fill_queue(&|i| {
+        if i >= tasks - 10 {
+            pools - 1
+        } else {
+            i % (pools - 1)
+        }
+    });
     println!("queue: {} tasks, {pools} pools", queue.len());
 
-    // Common: every pool has one free place of four, 50 free places overall.
+    // Common: every pool has one free place of four, 50 free places overall, and the first
+    // tasks of the queue fill them.
     let spread: Vec<PoolLoad> = (0..pools)
         .map(|_| PoolLoad {
             running: 3,
@@ -57,10 +67,11 @@ fn main() {
         .collect();
     let common_case = time_n(runs, || {
         let mut loads = spread.clone();
-        let picks = scheduler::plan(&queue, &mut loads, &mut HashMap::new(), pools);
+        let picks = scheduler::plan(&spread_queue, &mut loads, &mut HashMap::new(), pools);
         assert_eq!(picks.len(), pools);
     });
-    // Worst: every pool full but the last, whose tasks are at the end of the queue.
+    // Worst: every pool full but the last, whose tasks are at the end of the queue: the
+    // planner walks all of it.
     let mut full = spread.clone();
     for (i, load) in full.iter_mut().enumerate() {
         load.running = if i == pools - 1 { 3 } else { 4 };
