@@ -95,7 +95,7 @@ stats() {
     sort -g "$samples/$1" | awk -v n="$n" '{v[NR]=$1} END {
         if (NR == 0) { print "nan nan nan 0"; exit }
         m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2
-        printf "%.3f %.3f %.3f %d\n", m, v[1], v[NR], (n == "" ? NR : n) }'
+        printf "%.6f %.6f %.6f %d\n", m, v[1], v[NR], (n == "" ? NR : n) }'
 }
 
 # Human form of a duration in ms.
