@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dispatcher::config::SchedulingPolicy;
-use dispatcher::scheduler::{self, PoolLoad, Queue, QueuedTask, TaskKey};
+use dispatcher::scheduler::{self, PlanInput, PoolLoad, Queue, QueuedTask, TaskKey};
 
 use common::{report, time_n, Stats};
 
@@ -40,6 +40,8 @@ fn main() {
                 ready_at: base + chrono::Duration::milliseconds(i64::try_from(i).unwrap_or(0)),
                 pools: routes[pool_of(i)].clone(),
                 repo: None,
+                direct: true,
+                resources: None,
             });
         }
         queue
@@ -63,12 +65,13 @@ fn main() {
             running: 3,
             max: 4,
             enabled: true,
+            ..PoolLoad::default()
         })
         .collect();
     let common_case = time_n(runs, || {
         let mut loads = spread.clone();
-        let picks = scheduler::plan(&spread_queue, &mut loads, &mut HashMap::new(), pools);
-        assert_eq!(picks.len(), pools);
+        let picks = plan(&spread_queue, &mut loads, pools);
+        assert_eq!(picks, pools);
     });
     // Worst: every pool full but the last, whose tasks are at the end of the queue: the
     // planner walks all of it.
@@ -78,8 +81,8 @@ fn main() {
     }
     let worst = time_n(runs, || {
         let mut loads = full.clone();
-        let picks = scheduler::plan(&queue, &mut loads, &mut HashMap::new(), pools);
-        assert_eq!(picks.len(), 1);
+        let picks = plan(&queue, &mut loads, pools);
+        assert_eq!(picks, 1);
     });
     // Re-queuing one task (what the core does for each claim or finish).
     let key = TaskKey::new("spec-007", "7");
@@ -91,6 +94,8 @@ fn main() {
             ready_at: base,
             pools: routes[0].clone(),
             repo: None,
+            direct: true,
+            resources: None,
         });
     });
     report(
@@ -109,4 +114,20 @@ fn main() {
         "inserting every task (one sample)",
         &filled,
     );
+}
+
+/// One decision under the default policy; returns how many tasks it placed.
+fn plan(queue: &Queue, loads: &mut [PoolLoad], global_free: usize) -> usize {
+    let plan = scheduler::plan(
+        queue,
+        PlanInput {
+            loads,
+            free_slots: &mut HashMap::new(),
+            global_free,
+            spec_running: &mut HashMap::new(),
+            weights: &std::collections::BTreeMap::new(),
+            starving_before: None,
+        },
+    );
+    plan.assignments.len()
 }

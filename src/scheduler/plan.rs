@@ -87,10 +87,12 @@ pub struct Plan {
 /// the assignments had started, so a caller that fails to start one must give its capacity
 /// back.
 pub fn plan(queue: &Queue, input: PlanInput<'_>) -> Plan {
+    let pools_with_room = input.loads.iter().filter(|l| l.has_room()).count();
     let mut planner = Planner {
         input,
         plan: Plan::default(),
         taken: HashSet::new(),
+        pools_with_room,
     };
     if let Some(before) = planner.input.starving_before {
         for (key, needs) in queue.waiting_since_before(before) {
@@ -127,17 +129,22 @@ pub fn plan(queue: &Queue, input: PlanInput<'_>) -> Plan {
 struct Planner<'a> {
     input: PlanInput<'a>,
     plan: Plan,
+    /// Tasks placed so far; only a task offered twice (starving, then in policy order)
+    /// needs the check, so it stays empty and free in the common case.
     taken: HashSet<TaskKey>,
+    pools_with_room: usize,
 }
 
 impl Planner<'_> {
+    /// Nothing more can be placed: a decision stops at once when capacity runs out, so its
+    /// cost follows the free places, not the length of the queue.
     fn full(&self) -> bool {
-        self.input.global_free == 0 || !self.input.loads.iter().any(PoolLoad::has_room)
+        self.input.global_free == 0 || self.pools_with_room == 0
     }
 
     /// Places the task if some pool can take it now. Returns whether it was placed.
     fn offer(&mut self, key: &TaskKey, needs: &Needs) -> bool {
-        if self.taken.contains(key) {
+        if !self.taken.is_empty() && self.taken.contains(key) {
             return false;
         }
         // A task whose repository has no free slot waits without holding up the others.
@@ -180,9 +187,14 @@ impl Planner<'_> {
             *free -= 1;
         }
         self.input.loads[pool].take(request);
+        if !self.input.loads[pool].has_room() {
+            self.pools_with_room -= 1;
+        }
         self.input.global_free -= 1;
         *self.input.spec_running.entry(key.spec.clone()).or_default() += 1;
-        self.taken.insert(key.clone());
+        if self.input.starving_before.is_some() {
+            self.taken.insert(key.clone());
+        }
         self.plan.assignments.push((key.clone(), pool));
         true
     }
