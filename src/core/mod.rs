@@ -17,6 +17,7 @@
 //! runners left by an earlier dispatcher; `report` builds the status report.
 
 mod commit;
+mod deadlocks;
 mod placement;
 mod recovery;
 mod reload;
@@ -206,6 +207,12 @@ pub struct Core {
     pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
     /// The last slot error per repository, for `status`.
     slot_errors: BTreeMap<String, String>,
+    /// The last deadlock check: when, what it found, what was already announced.
+    last_deadlock_check: Option<Instant>,
+    deadlocks: Vec<crate::deadlock::Finding>,
+    announced: crate::deadlock::Announced,
+    /// `[deadlock] action = "fail"` fired: the drain ends with exit 4.
+    deadlock_failed: bool,
     /// Runners asked to stop for `dispatcher cancel`.
     cancelling: HashSet<String>,
     /// When `pools.json` was last read (its mtime), and whether it ever was.
@@ -282,6 +289,10 @@ impl Core {
             pending_artifacts: Vec::new(),
             slot_errors: BTreeMap::new(),
             cancelling: HashSet::new(),
+            last_deadlock_check: None,
+            deadlocks: Vec::new(),
+            announced: crate::deadlock::Announced::default(),
+            deadlock_failed: false,
             overrides_stamp: None,
             overrides_read: false,
             last_overrides_check: Instant::now(),
@@ -392,6 +403,7 @@ impl Core {
                 self.on_registry(event);
             }
             self.on_timers();
+            self.check_deadlocks(false);
             self.commit();
             if !self.outbox.is_empty() {
                 self.events.append(&std::mem::take(&mut self.outbox));
@@ -760,6 +772,9 @@ impl Core {
                 }
             }
             log::info!("drained: no runner left");
+            if self.deadlock_failed {
+                return Some(RunOutcome::NeverRunnable);
+            }
             return Some(RunOutcome::Drained);
         }
         if !self.until_idle || !self.scanned {

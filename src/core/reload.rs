@@ -97,6 +97,8 @@ impl Core {
         for spec in specs {
             self.requeue_spec(&spec);
         }
+        // Pools or their routing changed: what can never run may have changed too.
+        self.check_deadlocks(true);
         log::info!(
             "configuration reloaded: {} pools, policy {}",
             self.pools.len(),

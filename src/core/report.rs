@@ -175,7 +175,7 @@ impl Core {
                 })
                 .collect(),
             // Filled by the core's periodic deadlock check once it is wired in.
-            deadlocks: Vec::new(),
+            deadlocks: self.deadlocks.clone(),
         }
     }
 }
