@@ -1,15 +1,20 @@
-//! The registry monitor: a thread that polls the registry every `poll_interval` and sends
-//! the core each taskset whose file changed (by mtime, size and inode), and nothing else,
-//! so a poll's cost does not grow with tasksets that did not change.
+//! The registry monitor: a thread that scans the registry when inotify reports a change (and
+//! at least every `poll_interval`) and sends the core each taskset whose file changed (by
+//! mtime, size and inode), and nothing else, so a scan's cost does not grow with tasksets
+//! that did not change.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::registry::{Fingerprint, Registry, Taskset};
+use crate::sys::{self, Inotify, WakePipe};
 
 pub enum RegistryEvent {
     /// A taskset was read (first sight or changed file), or could not be.
@@ -28,21 +33,28 @@ pub enum RegistryEvent {
 
 /// The monitor thread: dropping the handle stops and joins it.
 pub struct Monitor {
-    wake: Option<Sender<()>>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<WakePipe>,
     written: Sender<(String, Fingerprint)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Monitor {
     pub fn spawn(registry: Registry, interval: Duration, events: Sender<RegistryEvent>) -> Monitor {
-        let (wake, wake_rx) = crossbeam_channel::bounded(1);
+        let wake = Arc::new(WakePipe::new().expect("create the registry monitor's wake pipe"));
+        let stop = Arc::new(AtomicBool::new(false));
         let (written, written_rx) = crossbeam_channel::unbounded();
+        let (thread_wake, thread_stop) = (wake.clone(), stop.clone());
         let thread = thread::Builder::new()
             .name("registry-monitor".into())
-            .spawn(move || run(&registry, interval, &events, &wake_rx, &written_rx))
+            .spawn(move || {
+                let watcher = Watcher::new(&registry, thread_wake, thread_stop);
+                watcher.run(&registry, interval, &events, &written_rx);
+            })
             .expect("spawn registry monitor thread");
         Monitor {
-            wake: Some(wake),
+            stop,
+            wake,
             written,
             thread: Some(thread),
         }
@@ -56,44 +68,129 @@ impl Monitor {
 
     /// Asks for a scan now instead of at the next interval.
     pub fn wake(&self) {
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
+        self.wake.wake();
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.wake.take();
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn run(
-    registry: &Registry,
-    interval: Duration,
-    events: &Sender<RegistryEvent>,
-    wake: &Receiver<()>,
-    written: &Receiver<(String, Fingerprint)>,
-) {
-    let mut known: HashMap<String, Option<Fingerprint>> = HashMap::new();
-    loop {
-        for (spec, fingerprint) in written.try_iter() {
-            // Only for tasksets already seen: a first sight must always be read and sent.
-            if let Some(entry) = known.get_mut(&spec) {
-                *entry = Some(fingerprint);
+/// Collecting the rename of a writer's temp file and the core's note about its own write
+/// before scanning saves reading a file twice; short next to any target latency.
+const SETTLE: Duration = Duration::from_millis(10);
+
+/// Waits for the next reason to scan: a change inotify reports in the tasksets directory or
+/// a spec's directory, a wake-up, or the poll interval (which also covers filesystems where
+/// inotify sees nothing, such as network mounts).
+struct Watcher {
+    inotify: Option<Inotify>,
+    wake: Arc<WakePipe>,
+    stop: Arc<AtomicBool>,
+    watched: HashSet<PathBuf>,
+}
+
+impl Watcher {
+    fn new(registry: &Registry, wake: Arc<WakePipe>, stop: Arc<AtomicBool>) -> Watcher {
+        let inotify = match Inotify::new() {
+            Ok(inotify) => Some(inotify),
+            Err(err) => {
+                log::warn!(
+                    "cannot watch {} for changes ({err}); polling only",
+                    registry.root().display()
+                );
+                None
+            }
+        };
+        Watcher {
+            inotify,
+            wake,
+            stop,
+            watched: HashSet::new(),
+        }
+    }
+
+    fn run(
+        mut self,
+        registry: &Registry,
+        interval: Duration,
+        events: &Sender<RegistryEvent>,
+        written: &Receiver<(String, Fingerprint)>,
+    ) {
+        let mut known: HashMap<String, Option<Fingerprint>> = HashMap::new();
+        loop {
+            for (spec, fingerprint) in written.try_iter() {
+                // Only for tasksets already seen: a first sight must always be read and sent.
+                if let Some(entry) = known.get_mut(&spec) {
+                    *entry = Some(fingerprint);
+                }
+            }
+            self.watch_dirs(registry, known.keys());
+            if !scan(registry, &mut known, events) {
+                log::debug!("core gone: registry monitor stops");
+                return;
+            }
+            if !self.wait(interval) {
+                return;
             }
         }
-        if !scan(registry, &mut known, events) {
-            log::debug!("core gone: registry monitor stops");
+    }
+
+    /// Watches the registry root (until `tasksets/` exists), `tasksets/` and each spec's
+    /// directory. A directory that cannot be watched is still polled.
+    fn watch_dirs<'a>(&mut self, registry: &Registry, specs: impl Iterator<Item = &'a String>) {
+        let Some(inotify) = &self.inotify else {
             return;
+        };
+        let tasksets = registry.root().join("tasksets");
+        let mut dirs = vec![registry.root().to_path_buf(), tasksets.clone()];
+        dirs.extend(specs.map(|spec| tasksets.join(spec)));
+        for dir in dirs {
+            if self.watched.contains(&dir) && dir.is_dir() {
+                continue;
+            }
+            match inotify.watch(&dir, sys::DIR_CHANGES) {
+                Ok(()) => {
+                    self.watched.insert(dir);
+                }
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
+                    log::warn!(
+                        "inotify watch limit reached at {}; polling it",
+                        dir.display()
+                    );
+                }
+                Err(_) => {
+                    self.watched.remove(&dir);
+                }
+            }
         }
-        select! {
-            recv(wake) -> msg => if msg.is_err() { return },
-            default(interval) => {}
+    }
+
+    /// Returns false when the monitor must stop.
+    fn wait(&self, interval: Duration) -> bool {
+        let mut fds = vec![self.wake.as_raw_fd()];
+        if let Some(inotify) = &self.inotify {
+            fds.push(inotify.as_raw_fd());
         }
+        let ready = sys::poll_readable(&fds, Some(interval)).unwrap_or_default();
+        if self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if ready.get(1).copied().unwrap_or(false) {
+            // Let a burst of changes (a writer's temp file and rename, our own notes) settle.
+            let _ = sys::poll_readable(&[self.wake.as_raw_fd()], Some(SETTLE));
+            if let Some(inotify) = &self.inotify {
+                inotify.drain();
+            }
+        }
+        self.wake.drain();
+        !self.stop.load(Ordering::SeqCst)
     }
 }
 

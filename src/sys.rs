@@ -55,6 +55,66 @@ impl AsRawFd for PidFd {
     }
 }
 
+/// An inotify instance: a descriptor that becomes readable when a watched directory changes.
+#[derive(Debug)]
+pub struct Inotify {
+    fd: OwnedFd,
+}
+
+/// What makes a watched directory's descriptor readable: files created, written, renamed in
+/// or out, or removed.
+pub const DIR_CHANGES: u32 = libc::IN_CREATE
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_DELETE
+    | libc::IN_DELETE_SELF
+    | libc::IN_ONLYDIR;
+
+impl Inotify {
+    pub fn new() -> io::Result<Inotify> {
+        // SAFETY: inotify_init1 takes flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        Ok(Inotify {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Watches a directory (adding it again is harmless: the kernel keeps one watch).
+    pub fn watch(&self, dir: &std::path::Path, mask: u32) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a valid descriptor and a NUL-terminated path that outlives the call.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Discards the pending events: the monitor rescans rather than read them.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a local buffer of the given length.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl AsRawFd for Inotify {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// A non-blocking pipe used to wake a thread that waits in [`poll_readable`].
 #[derive(Debug)]
 pub struct WakePipe {

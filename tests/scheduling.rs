@@ -416,11 +416,10 @@ fn busy_pool_does_not_block_a_task_another_pool_can_run() {
     let (quick_start, quick_end) = span(&marks, "quick");
     let (behind_start, _) = span(&marks, "behind");
     // Both were claimed in one turn and started by parallel launcher threads, so which
-    // process started first is not defined; what matters is that quick ran inside long.
-    assert!(
-        quick_start < long_end && quick_end < long_end && long_start < quick_end,
-        "{marks:?}"
-    );
+    // process started first is not defined (quick may even end before long's runner writes
+    // its first line); what matters is that quick ran and ended while long held its pool.
+    assert!(quick_start < long_end && quick_end < long_end, "{marks:?}");
+    assert!(long_start < long_end, "{marks:?}");
     assert!(
         behind_start > long_end,
         "slow pool ran two at once: {marks:?}"

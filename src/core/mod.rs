@@ -691,10 +691,13 @@ impl Core {
             RegistryEvent::Changed { spec, taskset } => match taskset {
                 Ok(taskset) => {
                     let state = self.spec_state(&spec);
-                    let stale = state
-                        .taskset
-                        .as_ref()
-                        .is_some_and(|known| known.version > taskset.version);
+                    // Older than what we hold, or exactly what we wrote ourselves (the
+                    // monitor saw our own rename before hearing of it): nothing to do.
+                    let stale = state.error.is_none()
+                        && state.taskset.as_ref().is_some_and(|known| {
+                            known.version > taskset.version
+                                || (known.version == taskset.version && **known == *taskset)
+                        });
                     if !stale {
                         if state.error.take().is_some() {
                             log::info!("taskset {spec} is readable again");
