@@ -131,11 +131,12 @@ impl Watcher {
                     *entry = Some(fingerprint);
                 }
             }
-            self.watch_dirs(registry, known.keys());
             if !scan(registry, &mut known, events) {
                 log::debug!("core gone: registry monitor stops");
                 return;
             }
+            // After the scan, so a spec seen for the first time is watched before we wait.
+            self.watch_dirs(registry, known.keys());
             if !self.wait(interval) {
                 return;
             }

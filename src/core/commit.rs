@@ -236,7 +236,15 @@ impl Core {
         let retry = self.config.retry.clone();
         let owner = self.owner.clone();
         let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
+        let known_version = self
+            .specs
+            .get(spec)
+            .and_then(|s| s.taskset.as_ref())
+            .map(|ts| ts.version);
         let result = self.registry.update_fingerprinted(spec, |taskset| {
+            // What the file held under the lock, before our change: another writer may have
+            // changed it since we last read it.
+            let read_version = taskset.version;
             let verdicts: Vec<Verdict> = finishes
                 .iter()
                 .map(|finish| apply_finish(taskset, finish, &retry, now))
@@ -264,9 +272,9 @@ impl Core {
                 || !unblocked.is_empty()
                 || attempts.iter().any(Option::is_some)
                 || added;
-            ((verdicts, unblocked, attempts), changed)
+            ((verdicts, unblocked, attempts, read_version), changed)
         });
-        let ((verdicts, unblocked, attempts), taskset, fingerprint) = match result {
+        let ((verdicts, unblocked, attempts, read_version), taskset, fingerprint) = match result {
             Ok(done) => done,
             Err(err) => {
                 let what = if finishes.is_empty() {
@@ -341,7 +349,14 @@ impl Core {
         }
         self.events.append(&events);
         let taskset = Arc::new(taskset);
-        self.refresh_tasks(spec, &taskset, &changed);
+        if known_version == Some(read_version) {
+            self.refresh_tasks(spec, &taskset, &changed);
+        } else {
+            // Another writer's change came in with this write; the monitor will not read this
+            // version again (we note it below), so every task is placed anew here.
+            self.spec_state(spec).taskset = Some(taskset.clone());
+            self.requeue_spec(spec);
+        }
         for c in claimed {
             let task = taskset.task(&c.pick.key.id).expect("claimed task exists");
             self.launch(c.pick, c.slot, task, c.attempt);

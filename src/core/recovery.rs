@@ -23,13 +23,19 @@ impl Core {
     /// or by a tool that does not unblock).
     pub(super) fn promote_unblocked(&mut self, spec: &str) {
         let now = timefmt::now_string();
+        let known_version = self
+            .specs
+            .get(spec)
+            .and_then(|s| s.taskset.as_ref())
+            .map(|ts| ts.version);
         let result = self.registry.update(spec, |taskset| {
+            let read_version = taskset.version;
             let ids = taskset.unblock_ready_dependents(&now);
             let changed = !ids.is_empty();
-            (ids, changed)
+            ((ids, read_version), changed)
         });
         match result {
-            Ok((ids, taskset)) => {
+            Ok(((ids, read_version), taskset)) => {
                 let events: Vec<Event> = ids
                     .iter()
                     .map(|id| {
@@ -37,7 +43,11 @@ impl Core {
                     })
                     .collect();
                 self.events.append(&events);
-                if !ids.is_empty() {
+                if known_version != Some(read_version) {
+                    // Another writer's change came in with this write: place every task.
+                    self.spec_state(spec).taskset = Some(Arc::new(taskset));
+                    self.requeue_spec(spec);
+                } else if !ids.is_empty() {
                     self.refresh_tasks(spec, &Arc::new(taskset), &ids);
                 }
             }
