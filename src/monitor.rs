@@ -21,6 +21,8 @@ pub enum RegistryEvent {
     Changed {
         spec: String,
         taskset: Result<Arc<Taskset>, String>,
+        /// The file's fingerprint, taken just before it was read.
+        fingerprint: Option<Fingerprint>,
     },
     /// A taskset's file disappeared.
     Removed { spec: String },
@@ -225,10 +227,12 @@ fn scan(
             .map(Arc::new)
             .map_err(|err| err.to_string());
         known.insert(spec.clone(), fingerprint);
-        if events
-            .send(RegistryEvent::Changed { spec, taskset })
-            .is_err()
-        {
+        let changed = RegistryEvent::Changed {
+            spec,
+            taskset,
+            fingerprint,
+        };
+        if events.send(changed).is_err() {
             return false;
         }
     }

@@ -236,12 +236,17 @@ impl Core {
         let retry = self.config.retry.clone();
         let owner = self.owner.clone();
         let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
+        let held = self
+            .specs
+            .get(spec)
+            .and_then(|s| Some((s.fingerprint?, s.taskset.clone()?)));
         let known_version = self
             .specs
             .get(spec)
             .and_then(|s| s.taskset.as_ref())
             .map(|ts| ts.version);
-        let result = self.registry.update_fingerprinted(spec, |taskset| {
+        let known = held.as_ref().map(|(fp, ts)| (*fp, &**ts));
+        let result = self.registry.update_known(spec, known, |taskset| {
             // What the file held under the lock, before our change: another writer may have
             // changed it since we last read it.
             let read_version = taskset.version;
@@ -305,9 +310,11 @@ impl Core {
                 None => self.give_back(&pick, slot),
             }
         }
+        drop(held);
         if let (Some(monitor), Some(fingerprint)) = (&self.monitor, fingerprint) {
             monitor.note_written(spec, fingerprint);
         }
+        let written_fingerprint = fingerprint;
 
         let mut events = Vec::new();
         let mut changed: Vec<String> = Vec::new();
@@ -351,7 +358,11 @@ impl Core {
         let taskset = Arc::new(taskset);
         if known_version == Some(read_version) {
             self.refresh_tasks(spec, &taskset, &changed);
+            if written_fingerprint.is_some() {
+                self.spec_state(spec).fingerprint = written_fingerprint;
+            }
         } else {
+            self.spec_state(spec).fingerprint = written_fingerprint;
             // Another writer's change came in with this write; the monitor will not read this
             // version again (we note it below), so every task is placed anew here.
             self.spec_state(spec).taskset = Some(taskset.clone());

@@ -132,6 +132,9 @@ struct SpecState {
     suspended_until: Option<Instant>,
     /// Tasks that can never run, with the reason; `None` until computed after a change.
     never_runnable: Option<Vec<(String, String)>>,
+    /// The fingerprint of the file `taskset` was read from or written to, if known: a write
+    /// that finds the file unchanged under the lock need not read it again.
+    fingerprint: Option<crate::registry::Fingerprint>,
 }
 
 /// The workspace slot a task holds.
@@ -688,7 +691,11 @@ impl Core {
 
     fn on_registry(&mut self, event: RegistryEvent) {
         match event {
-            RegistryEvent::Changed { spec, taskset } => match taskset {
+            RegistryEvent::Changed {
+                spec,
+                taskset,
+                fingerprint,
+            } => match taskset {
                 Ok(taskset) => {
                     let state = self.spec_state(&spec);
                     // Older than what we hold, or exactly what we wrote ourselves (the
@@ -703,6 +710,7 @@ impl Core {
                             log::info!("taskset {spec} is readable again");
                         }
                         state.taskset = Some(taskset);
+                        state.fingerprint = fingerprint;
                         self.requeue_spec(&spec);
                     }
                 }
@@ -749,6 +757,7 @@ impl Core {
                 error: None,
                 suspended_until: None,
                 never_runnable: None,
+                fingerprint: None,
             })
     }
 

@@ -43,6 +43,8 @@ impl Core {
                     })
                     .collect();
                 self.events.append(&events);
+                // The file was replaced (or re-read): its fingerprint is not known here.
+                self.spec_state(spec).fingerprint = None;
                 if known_version != Some(read_version) {
                     // Another writer's change came in with this write: place every task.
                     self.spec_state(spec).taskset = Some(Arc::new(taskset));

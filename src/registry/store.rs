@@ -141,10 +141,27 @@ impl Registry {
         spec: &str,
         f: impl FnOnce(&mut Taskset) -> (R, bool),
     ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
+        self.update_known(spec, None, f)
+    }
+
+    /// [`Registry::update_fingerprinted`] for a caller that holds the taskset as it last read
+    /// or wrote it, with that file's fingerprint: when the file under the lock still has that
+    /// fingerprint, the held copy is used instead of reading and parsing the file again.
+    pub fn update_known<R>(
+        &self,
+        spec: &str,
+        known: Option<(Fingerprint, &Taskset)>,
+        f: impl FnOnce(&mut Taskset) -> (R, bool),
+    ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
         names::validate("spec name", spec)?;
         let path = self.taskset_path(spec);
         let _lock = self.lock(spec)?;
-        let mut taskset = read_taskset(&path, spec)?;
+        let mut taskset = match known {
+            Some((fingerprint, held)) if self.fingerprint(spec)? == Some(fingerprint) => {
+                held.clone()
+            }
+            _ => read_taskset(&path, spec)?,
+        };
         let (result, changed) = f(&mut taskset);
         if changed {
             taskset.version += 1;
@@ -298,6 +315,32 @@ mod tests {
         assert_eq!(reloaded, t);
         assert_eq!(reloaded.task("2").unwrap().state, TaskState::Ready);
         assert!(!root.join("tasksets/tiny/taskset.tmp").exists());
+    }
+
+    #[test]
+    fn update_known_uses_the_held_copy_only_while_the_file_is_unchanged() {
+        let (_tmp, root) = copy_fixture_registry();
+        let r = Registry::new(&root);
+        let on_disk = r.load("tiny").unwrap();
+        let fingerprint = r.fingerprint("tiny").unwrap().unwrap();
+        // A held copy that differs from the file in a way a re-read would undo: it is used,
+        // which shows the file was not read again.
+        let mut held = on_disk.clone();
+        held.metadata.insert("held".into(), Value::Bool(true));
+        let (_, t, written) = r
+            .update_known("tiny", Some((fingerprint, &held)), |_| ((), true))
+            .unwrap();
+        assert_eq!(t.metadata.get("held"), Some(&Value::Bool(true)));
+        let written = written.unwrap();
+        // Another writer replaces the file: the stale fingerprint no longer matches, so the
+        // file is read and its change kept.
+        let mut other = r.load("tiny").unwrap();
+        other.metadata.insert("other".into(), Value::Bool(true));
+        fsutil::write_atomic(&r.taskset_path("tiny"), &other.to_json_bytes()).unwrap();
+        let (_, t, _) = r
+            .update_known("tiny", Some((written, &held)), |_| ((), false))
+            .unwrap();
+        assert_eq!(t.metadata.get("other"), Some(&Value::Bool(true)));
     }
 
     #[test]
