@@ -903,6 +903,65 @@ fn sighup_raising_max_concurrency_takes_effect_and_an_invalid_file_keeps_the_old
     assert!(peak(&marks, |_| 1.0) <= 3.0, "{marks:?}");
 }
 
+/// SIGHUP applies "pools (new, removed, limits, quotas, commands for new launches)": a pool
+/// added by the reload runs the task that had no pool, and a changed command is what the
+/// next launch of an existing pool runs.
+#[test]
+fn sighup_adds_a_pool_and_changes_a_command_for_the_next_launches() {
+    let env = Env::new();
+    let bench = Bench::new(&env);
+    let hold = |tag: &str| cmd("hold.sh", &["{task_id}", tag]);
+    // One attempt: a launch that fails shows at once instead of after the retries.
+    let retry = "[retry]\nmax_attempts = 1\n\n";
+    env.config(
+        "",
+        &format!("{retry}{}", pool("a", 1, &hold("v1"), &bench.vars(), "")),
+    );
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "t1", "required_skill": "a", "priority": 9}),
+            json!({"id": "t2", "required_skill": "a"}),
+            // No pool serves skill b until the reload.
+            json!({"id": "t3", "required_skill": "b"}),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    wait_for("t1 to start", || bench.started() == ["t1"]);
+
+    env.config(
+        "",
+        &format!(
+            "{retry}{}{}",
+            pool("a", 1, &hold("v2"), &bench.vars(), ""),
+            pool("b", 1, &hold("b"), &bench.vars(), "")
+        ),
+    );
+    run.signal(libc::SIGHUP);
+    wait_for("the reload", || {
+        !dispatcher_events(&env, "ConfigReloaded").is_empty()
+    });
+    for task in ["t1", "t2", "t3"] {
+        bench.open(task);
+    }
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    let ran: Vec<(String, String)> = bench
+        .marks()
+        .into_iter()
+        .filter(|m| m.start)
+        .map(|m| (m.task, m.tag))
+        .collect();
+    let mut ran_sorted = ran.clone();
+    ran_sorted.sort();
+    let expected =
+        [("t1", "v1"), ("t2", "v2"), ("t3", "b")].map(|(t, tag)| (t.to_string(), tag.to_string()));
+    assert_eq!(ran_sorted, expected, "{ran:?}");
+    for task in ["t1", "t2", "t3"] {
+        assert_eq!(meta(&env, "s", task)["attempts"], 1, "{task}");
+    }
+}
+
 // ----- deadlocks in `run` --------------------------------------------------------------------
 
 /// A pool for skill `web` only; no default, so a `gpu` task has nowhere to go.
