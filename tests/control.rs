@@ -884,8 +884,10 @@ fn sighup_raising_max_concurrency_takes_effect_and_an_invalid_file_keeps_the_old
 
     config(3, "");
     run.signal(libc::SIGHUP);
-    wait_for("three runners at once", || bench.pids().len() == 3);
-    assert_eq!(running_now(&bench.marks()).len(), 3);
+    // hold.sh writes its pid before its ledger line: wait for both.
+    wait_for("three runners at once", || {
+        bench.pids().len() == 3 && running_now(&bench.marks()).len() == 3
+    });
     assert!(pid_alive(first), "the reload must not stop a runner");
     wait_for("status to show 3 of 3 running", || {
         let p = pool_report(&status_json(&env), "local");
