@@ -426,7 +426,7 @@ impl Core {
             },
         );
         match &self.launcher {
-            Some(launcher) => launcher.submit(job),
+            Some(launcher) => launcher.submit(job, self.config.clone()),
             None => self.launch_failed(&job.runner_id, "no launcher threads".into()),
         }
     }
