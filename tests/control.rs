@@ -685,6 +685,50 @@ fn priority_raised_while_running_changes_the_next_launch() {
     assert_eq!(changed[0]["details"]["new_priority"], 10);
 }
 
+/// Regression: `dispatcher priority` rewrote the task's `updated_at`, which is its ready time
+/// when `metadata.dispatcher.ready_at` is not set (every task NecroCode wrote ready), so a
+/// task whose priority was changed went to the back of the `fifo` queue, and lost its place
+/// among equal priorities and its `starvation_after` age under every policy.
+#[test]
+fn priority_change_keeps_the_tasks_place_in_fifo_order() {
+    let env = Env::new();
+    let bench = Bench::new(&env);
+    env.config(
+        "scheduling_policy = \"fifo\"",
+        &format!(
+            "{}{}",
+            pool(
+                "solo",
+                1,
+                &cmd("hold.sh", &["{task_id}", "solo"]),
+                &bench.vars(),
+                ""
+            ),
+            default_to("solo"),
+        ),
+    );
+    let at = |s: u32| format!("2026-11-29T09:00:{s:02}.000000");
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "first", "updated_at": at(0)}),
+            json!({"id": "second", "updated_at": at(1)}),
+            json!({"id": "third", "updated_at": at(2)}),
+        ],
+    );
+    bench.open("second");
+    bench.open("third");
+    let mut run = env.spawn_run(&["--until-idle"]);
+    wait_for("first to start", || bench.started() == ["first"]);
+    let out = env.output(&["priority", "s/second", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_until_dispatcher_read(&env, "s");
+    bench.open("first");
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    assert_eq!(bench.started(), ["first", "second", "third"]);
+}
+
 // ----- cancel and retry ----------------------------------------------------------------------
 
 /// A pool of one place running `family.sh`, at most 3 attempts per task, a 1 s grace period.
