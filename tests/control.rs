@@ -547,6 +547,54 @@ fn memory_quota_is_never_exceeded_and_status_shows_the_pool_at_quota() {
     assert_eq!(held["memory_quota_mb"], 1024, "{held:#}");
 }
 
+/// Regression: a request naming only `memory_mb` counted 1 CPU, not the pool's
+/// `default_resources` CPU, so two such tasks could not share a quota they fit in together.
+#[test]
+fn partial_resource_request_takes_the_pools_default_for_the_missing_part() {
+    let env = Env::new();
+    let bench = Bench::new(&env);
+    env.config(
+        "",
+        &format!(
+            "{}{}",
+            pool(
+                "q",
+                10,
+                &cmd("hold.sh", &["{task_id}", "q"]),
+                &bench.vars(),
+                "cpu_quota = 1\ndefault_resources = { cpu = 0.5, memory_mb = 0 }"
+            ),
+            default_to("q"),
+        ),
+    );
+    let asks_memory = json!({"resources": {"memory_mb": 10}});
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "m1", "metadata": asks_memory}),
+            json!({"id": "m2", "metadata": asks_memory}),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    // Either both start (0.5 + 0.5 CPU fit the quota of 1) or the pool reports itself at
+    // its quota with one running.
+    let mut q = Value::Null;
+    wait_for("both to start or the pool to be at its quota", || {
+        q = pool_report(&status_json(&env), "q");
+        running_now(&bench.marks()).len() == 2 || q["quota_blocked"] == true
+    });
+    assert_eq!(running_now(&bench.marks()).len(), 2, "{q:#}");
+    wait_for("status to show both", || {
+        pool_report(&status_json(&env), "q")["running"] == 2
+    });
+    let q = pool_report(&status_json(&env), "q");
+    assert_eq!(q["cpu_used"].as_f64(), Some(1.0), "{q:#}");
+    assert_eq!(q["memory_used_mb"], 20, "{q:#}");
+    bench.open_all();
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+}
+
 // ----- pool switches and priorities ----------------------------------------------------------
 
 #[test]
