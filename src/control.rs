@@ -16,6 +16,7 @@ use crate::statedir::StateDir;
 use crate::supervisor::{Liveness, RunnerDir, StopReason};
 use crate::sys;
 use crate::timefmt;
+use crate::view;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -76,6 +77,16 @@ pub fn set_priority(
         Some(task) => {
             let old = task.priority;
             task.priority = priority;
+            // Without `ready_at`, `updated_at` is the ready time: pin it before touching
+            // `updated_at`, so the task keeps its place in line (fifo, ties, starvation).
+            let mut meta = task.dispatcher_meta();
+            if task.state == TaskState::Ready && meta.ready_at.is_none() {
+                let ready = view::ready_at(task, &meta);
+                if ready != chrono::NaiveDateTime::MIN {
+                    meta.ready_at = Some(timefmt::format(ready));
+                    task.set_dispatcher_meta(&meta);
+                }
+            }
             task.updated_at = Some(now.clone());
             (Some(old), old != priority)
         }

@@ -24,13 +24,14 @@ pub struct LaunchPool {
 }
 
 enum Job {
-    Launch(Box<LaunchSpec>),
+    /// A runner to start, with the configuration in force when it was claimed: a SIGHUP
+    /// reload changes pools and their commands for the next launches.
+    Launch(Box<LaunchSpec>, Arc<Config>),
     Remove(PathBuf),
 }
 
 impl LaunchPool {
     pub fn spawn(
-        config: &Arc<Config>,
         watchdog: &WatchdogHandle,
         events: &Sender<RunnerEvent>,
     ) -> std::io::Result<LaunchPool> {
@@ -38,7 +39,6 @@ impl LaunchPool {
         let mut threads = Vec::with_capacity(WORKERS);
         for n in 0..WORKERS {
             let inbox = inbox.clone();
-            let config = config.clone();
             let watchdog = watchdog.clone();
             let events = events.clone();
             let thread = thread::Builder::new()
@@ -46,7 +46,9 @@ impl LaunchPool {
                 .spawn(move || {
                     for job in inbox {
                         match job {
-                            Job::Launch(spec) => start(&config, &watchdog, &events, *spec),
+                            Job::Launch(spec, config) => {
+                                start(&config, &watchdog, &events, *spec);
+                            }
                             Job::Remove(dir) => {
                                 if let Err(err) = std::fs::remove_dir_all(&dir) {
                                     log::debug!("cannot remove {}: {err}", dir.display());
@@ -63,8 +65,9 @@ impl LaunchPool {
         })
     }
 
-    pub fn submit(&self, spec: LaunchSpec) {
-        self.send(Job::Launch(Box::new(spec)));
+    /// Starts a runner of a pool of `config` (the configuration in force now).
+    pub fn submit(&self, spec: LaunchSpec, config: Arc<Config>) {
+        self.send(Job::Launch(Box::new(spec), config));
     }
 
     /// Removes a finished runner's directory in the background.

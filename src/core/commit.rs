@@ -179,13 +179,14 @@ impl Core {
                 .and_then(|s| s.taskset.clone())
                 .and_then(|ts| ts.task(&key.id).cloned());
             let pool_config = &self.config.agent_pools[&self.pools[pool].name];
+            let default = Resources {
+                cpu: pool_config.default_cpu,
+                memory_mb: pool_config.default_memory_mb,
+            };
             let resources = task
                 .as_ref()
                 .and_then(super::placement::requested_resources)
-                .unwrap_or(Resources {
-                    cpu: pool_config.default_cpu,
-                    memory_mb: pool_config.default_memory_mb,
-                });
+                .map_or(default, |r| r.or(default));
             self.take_place(pool, resources);
             let pick = Pick {
                 key,
@@ -452,7 +453,7 @@ impl Core {
             },
         );
         match &self.launcher {
-            Some(launcher) => launcher.submit(job),
+            Some(launcher) => launcher.submit(job, self.config.clone()),
             None => self.launch_failed(&job.runner_id, "no launcher threads".into()),
         }
     }

@@ -337,11 +337,7 @@ impl Core {
             self.config.dispatcher.poll_interval,
             registry_tx,
         ));
-        match LaunchPool::spawn(
-            &self.config,
-            &parts.watchdog.handle(),
-            &parts.runner_events_tx,
-        ) {
+        match LaunchPool::spawn(&parts.watchdog.handle(), &parts.runner_events_tx) {
             Ok(pool) => self.launcher = Some(pool),
             Err(err) => log::error!("cannot start launcher threads: {err}"),
         }

@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 
 use super::Core;
 use crate::registry::{Task, TaskState, Taskset};
-use crate::scheduler::{QueuedTask, Resources, TaskKey};
+use crate::scheduler::{QueuedTask, Request, TaskKey};
 use crate::timefmt;
 use crate::view;
 
@@ -75,8 +75,8 @@ impl RetryWait {
 }
 
 /// A task's own resource request, `metadata.resources = {cpu, memory_mb}`; a missing or
-/// unusable part takes the pool's default.
-pub(super) fn requested_resources(task: &Task) -> Option<Resources> {
+/// unusable part takes the pool's default ([`Request::or`]).
+pub(super) fn requested_resources(task: &Task) -> Option<Request> {
     let resources = task.metadata.get("resources")?.as_object()?;
     let cpu = resources
         .get("cpu")
@@ -88,10 +88,7 @@ pub(super) fn requested_resources(task: &Task) -> Option<Resources> {
     if cpu.is_none() && memory_mb.is_none() {
         return None;
     }
-    Some(Resources {
-        cpu: cpu.unwrap_or(1.0),
-        memory_mb: memory_mb.unwrap_or(0),
-    })
+    Some(Request { cpu, memory_mb })
 }
 
 /// What placing the tasks found that needs a registry write or a recovery.

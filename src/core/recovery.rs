@@ -88,15 +88,17 @@ impl Core {
             .as_deref()
             .and_then(|name| self.pools.iter().position(|p| p.name == name));
         let slot = self.slot_hold_of(task);
-        let resources = super::placement::requested_resources(task)
-            .or_else(|| {
-                let config = self.config.agent_pools.get(meta.pool.as_deref()?)?;
-                Some(Resources {
-                    cpu: config.default_cpu,
-                    memory_mb: config.default_memory_mb,
-                })
+        let default = meta
+            .pool
+            .as_deref()
+            .and_then(|name| self.config.agent_pools.get(name))
+            .map(|config| Resources {
+                cpu: config.default_cpu,
+                memory_mb: config.default_memory_mb,
             })
             .unwrap_or_default();
+        let resources =
+            super::placement::requested_resources(task).map_or(default, |r| r.or(default));
         let mut run = Running {
             slot,
             resources,

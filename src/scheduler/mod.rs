@@ -64,8 +64,35 @@ pub struct QueuedTask {
     /// Whether `pools` are mapped to the task's skill (rather than reached through
     /// `default`): the `skill-based` policy serves those first.
     pub direct: bool,
-    /// Its own resource request; `None` takes each pool's default.
-    pub resources: Option<Resources>,
+    /// Its own resource request; `None`, or a part it leaves out, takes each pool's default.
+    pub resources: Option<Request>,
+}
+
+/// A task's own request (`metadata.resources`): a part it leaves out takes the default of
+/// the pool it goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Request {
+    pub cpu: Option<f64>,
+    pub memory_mb: Option<u64>,
+}
+
+impl Request {
+    /// The request as a pool whose default is `default` counts it.
+    pub fn or(self, default: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.unwrap_or(default.cpu),
+            memory_mb: self.memory_mb.unwrap_or(default.memory_mb),
+        }
+    }
+}
+
+impl From<Resources> for Request {
+    fn from(full: Resources) -> Request {
+        Request {
+            cpu: Some(full.cpu),
+            memory_mb: Some(full.memory_mb),
+        }
+    }
 }
 
 /// What a queued task needs besides its place in line.
@@ -74,7 +101,7 @@ pub(crate) struct Needs {
     pub(crate) pools: Arc<[usize]>,
     pub(crate) repo: Option<Arc<str>>,
     pub(crate) direct: bool,
-    pub(crate) resources: Option<Resources>,
+    pub(crate) resources: Option<Request>,
 }
 
 /// The runnable tasks in policy order.

@@ -154,7 +154,10 @@ impl Planner<'_> {
             }
         }
         let loads = &*self.input.loads;
-        let request = |pool: usize| needs.resources.unwrap_or(loads[pool].default_resources);
+        let request = |pool: usize| {
+            let default = loads[pool].default_resources;
+            needs.resources.map_or(default, |r| r.or(default))
+        };
         let mut best: Option<usize> = None;
         for &pool in needs.pools.iter() {
             let load = &loads[pool];
@@ -477,10 +480,13 @@ mod tests {
     fn quotas_cap_the_sum_of_requests_and_are_reported() {
         let mut q = Queue::new(SchedulingPolicy::Priority);
         let mut big = task("s", "big", 9, 0, &[0]);
-        big.resources = Some(Resources {
-            cpu: 3.0,
-            memory_mb: 1024,
-        });
+        big.resources = Some(
+            Resources {
+                cpu: 3.0,
+                memory_mb: 1024,
+            }
+            .into(),
+        );
         q.insert(big);
         for i in 0..4 {
             q.insert(task("s", &format!("small{i}"), 0, i, &[0]));
