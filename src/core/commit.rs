@@ -535,9 +535,11 @@ fn apply_finish(
     meta.pid = None;
     task.updated_at = Some(now_text);
     let verdict = if exit.succeeded() {
+        // Done is done, even if a cancel arrived as the runner was finishing.
         task.state = TaskState::Done;
         meta.last_error = None;
         meta.next_attempt_at = None;
+        meta.cancel_requested = false;
         Verdict::Done
     } else if exit.stopped == Some(StopReason::Cancelled) || meta.cancel_requested {
         task.state = TaskState::Failed;

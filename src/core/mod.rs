@@ -450,6 +450,8 @@ impl Core {
                 wake = wake.min(until);
             }
         }
+        // `pools.json` is read once per poll interval, however short it is.
+        wake = wake.min(self.last_overrides_check + self.config.dispatcher.poll_interval);
         wake.saturating_duration_since(now)
     }
 
