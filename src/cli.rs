@@ -90,6 +90,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the metrics (Prometheus text format) of the dispatcher running on this state
+    /// dir, or the gauges the registry alone gives when none runs.
+    Metrics,
     /// Show the workspace slots of each repository pool: state, task, use and disk size.
     Slots {
         /// Print the pools and slots as JSON.
@@ -161,6 +164,10 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { json } => status(&config, *json),
+        Command::Metrics => {
+            emit(&dispatcher::metrics::render(&current_report(&config)))?;
+            Ok(0)
+        }
         Command::Check { json } => check(&config, *json),
         Command::Slots { json, action } => match action {
             None => slots_list(&config, *json),
@@ -237,10 +244,14 @@ fn handle_signals(signals: &SignalSet, control: &ControlHandle, config_path: &Pa
     }
 }
 
-fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
+/// The running dispatcher's snapshot, or the report the registry alone gives.
+fn current_report(config: &Config) -> StatusReport {
     let state = StateDir::new(&config.dispatcher.state_dir);
-    let report = StatusReport::read_live_snapshot(&state)
-        .unwrap_or_else(|| StatusReport::from_registry(config));
+    StatusReport::read_live_snapshot(&state).unwrap_or_else(|| StatusReport::from_registry(config))
+}
+
+fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
+    let report = current_report(config);
     if json {
         let text = serde_json::to_string_pretty(&report).context("cannot encode status")?;
         emit(&format!("{text}\n"))?;

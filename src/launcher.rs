@@ -179,9 +179,14 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         let busy = io::Error::other("the runner lock is already held");
         return Err(prepare(&record_path)(busy));
     }
+    // Durable before the supervisor exists, like every record of the state dir: the file
+    // is new (created exclusively, so no reader ever sees a half-written one) and synced,
+    // and so is the directory entry.
     let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
     bytes
         .and_then(|bytes| record_file.write_all(&bytes))
+        .and_then(|()| record_file.sync_all())
+        .and_then(|()| File::open(dir.path())?.sync_all())
         .and_then(|()| record_file.rewind())
         .map_err(prepare(&record_path))?;
     let program = std::env::current_exe().map_err(prepare(Path::new("/proc/self/exe")))?;

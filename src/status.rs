@@ -44,6 +44,9 @@ pub struct StatusReport {
     /// The last slot failure per repository (the slot is in `error` until `slots sync`).
     #[serde(default)]
     pub slot_errors: Vec<SlotErrorStatus>,
+    /// Counters of the running dispatcher since it started (empty when none runs).
+    #[serde(default)]
+    pub counters: crate::metrics::Counters,
     /// Why tasks can never run: dependency cycles, failed or missing dependencies, skills no
     /// enabled pool serves, unreadable tasksets (root causes), and the tasks behind them.
     #[serde(default)]

@@ -353,11 +353,9 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         runner_pid,
         started_at: timefmt::now_string(),
     };
-    // A plain write: a reader that finds it half-written treats the pid as unknown for
-    // now, and liveness never depends on it (the lock decides).
-    fs::write(
-        dir.supervisor_path(),
-        serde_json::to_vec(&info).map_err(io::Error::other)?,
+    fsutil::write_atomic(
+        &dir.supervisor_path(),
+        &serde_json::to_vec(&info).map_err(io::Error::other)?,
     )?;
 
     let ms = |value: Option<u64>| value.map(Duration::from_millis);

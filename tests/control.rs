@@ -1223,3 +1223,57 @@ fn deadlock_action_fail_makes_run_drain_its_runners_and_exit_4() {
         json!(["c1", "c2", "c3", "c1"])
     );
 }
+
+#[test]
+fn metrics_count_attempts_show_pools_and_deadlocks_in_the_textfile_and_the_command() {
+    let env = Env::new();
+    let textfile = env.path().join("metrics.prom");
+    env.config(
+        "",
+        &format!(
+            "[metrics]\ntextfile = {}\n\n{}{}",
+            q(&textfile.display().to_string()),
+            pool("p", 2, &["true".to_string()], &[], "cpu_quota = 4"),
+            default_to("p")
+        ),
+    );
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "ok1"}),
+            json!({"id": "ok2"}),
+            json!({"id": "c1", "state": "blocked", "dependencies": ["c2"]}),
+            json!({"id": "c2", "state": "blocked", "dependencies": ["c1"]}),
+        ],
+    );
+    let (status, log) = env.run_until_idle();
+    assert_eq!(status.code(), Some(4), "the cycle never runs:\n{log}");
+    // The dispatcher's last snapshot: its counters, its pools, the deadlock it found.
+    let text = std::fs::read_to_string(&textfile).expect("the metrics textfile is written");
+    for line in [
+        "dispatcher_up 0",
+        "dispatcher_tasks_assigned_total{pool=\"p\"} 2",
+        "dispatcher_attempts_total{pool=\"p\",outcome=\"succeeded\"} 2",
+        "dispatcher_pool_max_concurrency{pool=\"p\"} 2",
+        "dispatcher_pool_cpu_quota{pool=\"p\"} 4",
+        "dispatcher_deadlocks{kind=\"cycle\"} 1",
+        "dispatcher_deadlocks_detected_total 1",
+        "dispatcher_tasks{spec=\"s\",state=\"done\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains("# TYPE dispatcher_attempts_total counter"));
+    // Without a dispatcher, the command gives what the registry alone says.
+    let out = env.output(&["metrics"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().any(|l| l == "dispatcher_up 0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "dispatcher_deadlocks{kind=\"cycle\"} 1"),
+        "{text}"
+    );
+}

@@ -31,6 +31,8 @@ pub struct Config {
     pub fair_share_weights: BTreeMap<String, f64>,
     /// `[deadlock]`: the periodic search for tasks that can never run.
     pub deadlock: DeadlockSettings,
+    /// `[metrics] textfile`: where a running dispatcher keeps its metrics for node_exporter.
+    pub metrics_textfile: Option<PathBuf>,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -266,7 +268,9 @@ const SECTIONS: &[&str] = &[
     "repo_pool",
     "fair_share",
     "deadlock",
+    "metrics",
 ];
+const METRICS_KEYS: &[&str] = &["textfile"];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
     "scheduling_policy",
@@ -351,6 +355,7 @@ impl Config {
                 repos: Vec::new(),
             },
             fair_share_weights: BTreeMap::new(),
+            metrics_textfile: None,
             deadlock: DeadlockSettings {
                 enabled: true,
                 check_interval: Duration::from_secs(60),
@@ -435,6 +440,13 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
     let mut config = Config::default_in(base_dir);
     let root = root.table()?;
     root.deny_unknown(SECTIONS)?;
+    if let Some(section) = root.get("metrics") {
+        let table = section.table()?;
+        table.deny_unknown(METRICS_KEYS)?;
+        if let Some(item) = table.get("textfile") {
+            config.metrics_textfile = Some(path_value(&item, base_dir)?);
+        }
+    }
     if let Some(section) = root.get("fair_share") {
         let table = section.table()?;
         table.deny_unknown(FAIR_SHARE_KEYS)?;

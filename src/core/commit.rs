@@ -320,6 +320,20 @@ impl Core {
         let mut events = Vec::new();
         let mut changed: Vec<String> = Vec::new();
         for (finish, verdict) in finishes.iter().zip(&verdicts) {
+            let pool = finish
+                .run
+                .pool
+                .map_or_else(|| "unknown".to_string(), |p| self.pools[p].name.clone());
+            *self
+                .counters
+                .attempts
+                .entry(pool)
+                .or_default()
+                .entry(finish.exit.outcome().to_string())
+                .or_default() += 1;
+            if matches!(verdict, Verdict::Retry(..)) {
+                self.counters.retries_scheduled += 1;
+            }
             events.extend(finish_events(finish, verdict));
             log_verdict(finish, verdict, &unblocked);
             self.claimed.remove(&finish.run.key);
@@ -353,6 +367,11 @@ impl Core {
             events.push(event);
             self.claimed
                 .insert(c.pick.key.clone(), c.pick.runner_id.clone());
+            *self
+                .counters
+                .tasks_assigned
+                .entry(self.pools[c.pick.pool].name.clone())
+                .or_default() += 1;
             changed.push(c.pick.key.id.to_string());
         }
         self.events.append(&events);

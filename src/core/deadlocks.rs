@@ -26,6 +26,7 @@ impl Core {
         self.last_deadlock_check = Some(Instant::now());
         let findings = self.current_findings();
         for finding in self.announced.update(&findings) {
+            self.counters.deadlocks_detected += 1;
             log::warn!("deadlock check: {}", finding.describe());
             let event = finding.event();
             if finding.task_id().is_some() || matches!(finding, Finding::Cycle { .. }) {

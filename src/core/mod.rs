@@ -216,6 +216,7 @@ pub struct Core {
     announced: crate::deadlock::Announced,
     /// `[deadlock] action = "fail"` fired: the drain ends with exit 4.
     deadlock_failed: bool,
+    counters: crate::metrics::Counters,
     /// Runners asked to stop for `dispatcher cancel`.
     cancelling: HashSet<String>,
     /// When `pools.json` was last read (its mtime), and whether it ever was.
@@ -296,6 +297,7 @@ impl Core {
             deadlocks: Vec::new(),
             announced: crate::deadlock::Announced::default(),
             deadlock_failed: false,
+            counters: crate::metrics::Counters::default(),
             overrides_stamp: None,
             overrides_read: false,
             last_overrides_check: Instant::now(),

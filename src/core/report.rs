@@ -32,6 +32,12 @@ impl Core {
                 self.state.snapshot_path().display()
             );
         }
+        if let Some(path) = &self.config.metrics_textfile {
+            let text = crate::metrics::render(&report);
+            if let Err(err) = crate::fsutil::write_atomic(path, text.as_bytes()) {
+                log::warn!("cannot write metrics textfile {}: {err}", path.display());
+            }
+        }
         self.snapshot_written = Some(Instant::now());
         self.snapshot_dirty = false;
     }
@@ -176,6 +182,7 @@ impl Core {
                 .collect(),
             // Filled by the core's periodic deadlock check once it is wired in.
             deadlocks: self.deadlocks.clone(),
+            counters: self.counters.clone(),
         }
     }
 }

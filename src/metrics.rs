@@ -1,0 +1,288 @@
+//! Metrics in the Prometheus text exposition format, derived from the status report (gauges)
+//! and the core's counters since start-up. Printed by `dispatcher metrics` and written to
+//! `[metrics] textfile` for node_exporter's textfile collector.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::StatusReport;
+
+/// Counters of a running dispatcher since it started (they reset with it, as Prometheus
+/// counters may).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Tasks claimed, by pool.
+    #[serde(default)]
+    pub tasks_assigned: BTreeMap<String, u64>,
+    /// Attempts that ended, by pool and outcome (succeeded, failed, timed_out,
+    /// heartbeat_lost, cancelled, interrupted, lost).
+    #[serde(default)]
+    pub attempts: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub retries_scheduled: u64,
+    /// Deadlock findings announced (each once).
+    #[serde(default)]
+    pub deadlocks_detected: u64,
+}
+
+/// The exposition text for one report.
+pub fn render(report: &StatusReport) -> String {
+    let mut out = Metrics::default();
+    out.gauge(
+        "dispatcher_up",
+        "1 while a dispatcher runs on this state dir",
+    );
+    out.sample(
+        "dispatcher_up",
+        &[],
+        f64::from(u8::from(report.dispatcher.running)),
+    );
+
+    out.gauge("dispatcher_queue_size", "runnable tasks waiting for a pool");
+    out.sample("dispatcher_queue_size", &[], report.queue_length as f64);
+    out.gauge(
+        "dispatcher_retry_waiting",
+        "tasks waiting for their retry time",
+    );
+    out.sample(
+        "dispatcher_retry_waiting",
+        &[],
+        report.retrying.len() as f64,
+    );
+    out.gauge(
+        "dispatcher_unroutable_tasks",
+        "runnable tasks that no pool serves",
+    );
+    out.sample(
+        "dispatcher_unroutable_tasks",
+        &[],
+        report.unroutable.len() as f64,
+    );
+    out.gauge(
+        "dispatcher_waiting_for_slot",
+        "runnable tasks waiting for a workspace slot",
+    );
+    out.sample(
+        "dispatcher_waiting_for_slot",
+        &[],
+        report.waiting_for_slot.len() as f64,
+    );
+
+    let pool_gauges: [(&str, &str); 10] = [
+        (
+            "dispatcher_running_tasks",
+            "tasks running (or starting) in the pool",
+        ),
+        (
+            "dispatcher_pool_max_concurrency",
+            "the pool's max_concurrency",
+        ),
+        ("dispatcher_pool_utilization", "running / max_concurrency"),
+        ("dispatcher_pool_enabled", "1 when the pool takes new tasks"),
+        (
+            "dispatcher_pool_cpu_used",
+            "sum of the running tasks' CPU requests",
+        ),
+        (
+            "dispatcher_pool_cpu_quota",
+            "the pool's cpu_quota (absent when none)",
+        ),
+        (
+            "dispatcher_pool_memory_used_mb",
+            "sum of the running tasks' memory requests, MiB",
+        ),
+        (
+            "dispatcher_pool_memory_quota_mb",
+            "the pool's memory_quota in MiB (absent when none)",
+        ),
+        (
+            "dispatcher_pool_quota_blocked",
+            "1 while tasks wait for the pool's CPU or memory quota",
+        ),
+        (
+            "dispatcher_pool_info",
+            "always 1; the pool's type as a label",
+        ),
+    ];
+    for (name, help) in pool_gauges {
+        out.gauge(name, help);
+        for pool in &report.pools {
+            let labels = [("pool", pool.name.as_str())];
+            let value = match name {
+                "dispatcher_running_tasks" => Some(pool.running as f64),
+                "dispatcher_pool_max_concurrency" => Some(pool.max_concurrency as f64),
+                "dispatcher_pool_utilization" => {
+                    Some(pool.running as f64 / pool.max_concurrency.max(1) as f64)
+                }
+                "dispatcher_pool_enabled" => Some(f64::from(u8::from(pool.enabled))),
+                "dispatcher_pool_cpu_used" => Some(pool.cpu_used),
+                "dispatcher_pool_cpu_quota" => pool.cpu_quota,
+                "dispatcher_pool_memory_used_mb" => Some(pool.memory_used_mb as f64),
+                "dispatcher_pool_memory_quota_mb" => pool.memory_quota_mb.map(|q| q as f64),
+                "dispatcher_pool_quota_blocked" => Some(f64::from(u8::from(pool.quota_blocked))),
+                _ => None,
+            };
+            if name == "dispatcher_pool_info" {
+                out.sample(name, &[("pool", &pool.name), ("type", &pool.kind)], 1.0);
+            } else if let Some(value) = value {
+                out.sample(name, &labels, value);
+            }
+        }
+    }
+
+    out.gauge("dispatcher_tasks", "tasks by spec and state");
+    for taskset in &report.tasksets {
+        for (state, count) in &taskset.counts {
+            out.sample(
+                "dispatcher_tasks",
+                &[("spec", &taskset.spec), ("state", state)],
+                *count as f64,
+            );
+        }
+    }
+
+    out.gauge("dispatcher_deadlocks", "current deadlock findings by kind");
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for finding in &report.deadlocks {
+        *by_kind.entry(finding.kind()).or_default() += 1;
+    }
+    for (kind, count) in by_kind {
+        out.sample("dispatcher_deadlocks", &[("kind", kind)], count as f64);
+    }
+
+    let counters = &report.counters;
+    out.counter("dispatcher_tasks_assigned_total", "tasks claimed, by pool");
+    for (pool, n) in &counters.tasks_assigned {
+        out.sample(
+            "dispatcher_tasks_assigned_total",
+            &[("pool", pool)],
+            *n as f64,
+        );
+    }
+    out.counter(
+        "dispatcher_attempts_total",
+        "attempts that ended, by pool and outcome",
+    );
+    for (pool, outcomes) in &counters.attempts {
+        for (outcome, n) in outcomes {
+            out.sample(
+                "dispatcher_attempts_total",
+                &[("pool", pool), ("outcome", outcome)],
+                *n as f64,
+            );
+        }
+    }
+    out.counter(
+        "dispatcher_retries_scheduled_total",
+        "failed attempts given a retry",
+    );
+    out.sample(
+        "dispatcher_retries_scheduled_total",
+        &[],
+        counters.retries_scheduled as f64,
+    );
+    out.counter(
+        "dispatcher_deadlocks_detected_total",
+        "deadlock findings announced",
+    );
+    out.sample(
+        "dispatcher_deadlocks_detected_total",
+        &[],
+        counters.deadlocks_detected as f64,
+    );
+    out.text
+}
+
+#[derive(Default)]
+struct Metrics {
+    text: String,
+}
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} gauge");
+    }
+
+    fn counter(&mut self, name: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} counter");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{key}=\"{}\"", escape(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{PoolStatus, TasksetStatus};
+
+    #[test]
+    fn exposition_has_types_labels_and_values() {
+        let mut report = StatusReport::default();
+        report.dispatcher.running = true;
+        report.queue_length = 3;
+        report.pools.push(PoolStatus {
+            name: "gpu \"a\"".into(),
+            kind: "local-process".into(),
+            running: 1,
+            max_concurrency: 4,
+            enabled: true,
+            cpu_used: 2.0,
+            cpu_quota: Some(8.0),
+            memory_used_mb: 0,
+            memory_quota_mb: None,
+            quota_blocked: false,
+        });
+        report.tasksets.push(TasksetStatus {
+            spec: "s".into(),
+            version: Some(1),
+            tasks: 2,
+            counts: [("done".to_string(), 2)].into(),
+            error: None,
+        });
+        report
+            .counters
+            .attempts
+            .insert("gpu".into(), [("failed".to_string(), 2)].into());
+        let text = render(&report);
+        assert!(
+            text.contains("# TYPE dispatcher_up gauge\ndispatcher_up 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("dispatcher_queue_size 3\n"));
+        assert!(
+            text.contains("dispatcher_pool_utilization{pool=\"gpu \\\"a\\\"\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(text.contains("dispatcher_pool_cpu_quota{pool=\"gpu \\\"a\\\"\"} 8\n"));
+        assert!(
+            !text.contains("dispatcher_pool_memory_quota_mb{"),
+            "no quota, no sample"
+        );
+        assert!(text.contains("dispatcher_tasks{spec=\"s\",state=\"done\"} 2\n"));
+        assert!(text.contains("# TYPE dispatcher_attempts_total counter\n"));
+        assert!(text.contains("dispatcher_attempts_total{pool=\"gpu\",outcome=\"failed\"} 2\n"));
+    }
+}
