@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -44,8 +45,8 @@ impl fmt::Display for TaskState {
 /// Unknown keys land in `extra` and are written back after the known ones. A timestamp that is
 /// missing stays missing; one that is an explicit `null` is written back as `null` (remembered
 /// as a `null` under the same key in `extra`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(from = "TasksetRepr", into = "TasksetRepr")]
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(from = "TasksetRepr")]
 pub struct Taskset {
     pub spec_name: String,
     pub version: u64,
@@ -59,8 +60,8 @@ pub struct Taskset {
 /// One task. Missing optional fields get defaults so a hand-written taskset with only `id`,
 /// `title` and `state` per task loads; the nullable fields are written as `null` when `None`,
 /// as NecroCode does.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(from = "TaskRepr", into = "TaskRepr")]
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(from = "TaskRepr")]
 pub struct Task {
     pub id: String,
     pub title: String,
@@ -198,16 +199,17 @@ impl Taskset {
     }
 }
 
-/// The on-disk shape of `Taskset`, distinguishing a missing timestamp from an explicit `null`.
-#[derive(Serialize, Deserialize)]
+/// The on-disk shape of `Taskset` when reading, distinguishing a missing timestamp from an
+/// explicit `null`.
+#[derive(Deserialize)]
 #[serde(rename = "Taskset")]
 struct TasksetRepr {
     spec_name: String,
     #[serde(default)]
     version: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    #[serde(default, deserialize_with = "nullable::deserialize")]
     created_at: Option<Option<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    #[serde(default, deserialize_with = "nullable::deserialize")]
     updated_at: Option<Option<String>>,
     #[serde(default)]
     tasks: Vec<Task>,
@@ -243,26 +245,8 @@ impl From<TasksetRepr> for Taskset {
     }
 }
 
-impl From<Taskset> for TasksetRepr {
-    fn from(t: Taskset) -> Self {
-        let mut extra = t.extra;
-        let created_at = recall_null(t.created_at, &extra, "created_at");
-        let updated_at = recall_null(t.updated_at, &extra, "updated_at");
-        extra.retain(|k, _| !TASKSET_FIELDS.contains(&k.as_str()));
-        TasksetRepr {
-            spec_name: t.spec_name,
-            version: t.version,
-            created_at,
-            updated_at,
-            tasks: t.tasks,
-            metadata: t.metadata,
-            extra,
-        }
-    }
-}
-
-/// The on-disk shape of `Task`; see `TasksetRepr`.
-#[derive(Serialize, Deserialize)]
+/// The on-disk shape of `Task` when reading; see `TasksetRepr`.
+#[derive(Deserialize)]
 #[serde(rename = "Task")]
 struct TaskRepr {
     id: String,
@@ -288,9 +272,9 @@ struct TaskRepr {
     artifacts: Vec<Value>,
     #[serde(default)]
     metadata: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    #[serde(default, deserialize_with = "nullable::deserialize")]
     created_at: Option<Option<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    #[serde(default, deserialize_with = "nullable::deserialize")]
     updated_at: Option<Option<String>>,
     #[serde(flatten)]
     extra: Map<String, Value>,
@@ -340,31 +324,91 @@ impl From<TaskRepr> for Task {
     }
 }
 
-impl From<Task> for TaskRepr {
-    fn from(t: Task) -> Self {
-        let mut extra = t.extra;
-        let created_at = recall_null(t.created_at, &extra, "created_at");
-        let updated_at = recall_null(t.updated_at, &extra, "updated_at");
-        extra.retain(|k, _| !TASK_FIELDS.contains(&k.as_str()));
-        TaskRepr {
-            id: t.id,
-            title: t.title,
-            description: t.description,
-            state: t.state,
-            dependencies: t.dependencies,
-            required_skill: t.required_skill,
-            priority: t.priority,
-            is_optional: t.is_optional,
-            assigned_slot: t.assigned_slot,
-            reserved_branch: t.reserved_branch,
-            runner_id: t.runner_id,
-            artifacts: t.artifacts,
-            metadata: t.metadata,
-            created_at,
-            updated_at,
-            extra,
+// Writing borrows: no copy of the taskset is made to write it (it is written at every
+// claim and every end of an attempt). Keys go in NecroCode's order, then the unknown ones.
+impl Serialize for Taskset {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("spec_name", &self.spec_name)?;
+        map.serialize_entry("version", &self.version)?;
+        timestamp_entry(
+            &mut map,
+            "created_at",
+            self.created_at.as_deref(),
+            &self.extra,
+        )?;
+        timestamp_entry(
+            &mut map,
+            "updated_at",
+            self.updated_at.as_deref(),
+            &self.extra,
+        )?;
+        map.serialize_entry("tasks", &self.tasks)?;
+        map.serialize_entry("metadata", &self.metadata)?;
+        unknown_entries(&mut map, &self.extra, TASKSET_FIELDS)?;
+        map.end()
+    }
+}
+
+impl Serialize for Task {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("title", &self.title)?;
+        map.serialize_entry("description", &self.description)?;
+        map.serialize_entry("state", &self.state)?;
+        map.serialize_entry("dependencies", &self.dependencies)?;
+        map.serialize_entry("required_skill", &self.required_skill)?;
+        map.serialize_entry("priority", &self.priority)?;
+        map.serialize_entry("is_optional", &self.is_optional)?;
+        map.serialize_entry("assigned_slot", &self.assigned_slot)?;
+        map.serialize_entry("reserved_branch", &self.reserved_branch)?;
+        map.serialize_entry("runner_id", &self.runner_id)?;
+        map.serialize_entry("artifacts", &self.artifacts)?;
+        map.serialize_entry("metadata", &self.metadata)?;
+        timestamp_entry(
+            &mut map,
+            "created_at",
+            self.created_at.as_deref(),
+            &self.extra,
+        )?;
+        timestamp_entry(
+            &mut map,
+            "updated_at",
+            self.updated_at.as_deref(),
+            &self.extra,
+        )?;
+        unknown_entries(&mut map, &self.extra, TASK_FIELDS)?;
+        map.end()
+    }
+}
+
+/// A timestamp: its text, or `null` if the file had an explicit `null` there, or nothing.
+fn timestamp_entry<M: SerializeMap>(
+    map: &mut M,
+    key: &str,
+    value: Option<&str>,
+    extra: &Map<String, Value>,
+) -> Result<(), M::Error> {
+    match value {
+        Some(text) => map.serialize_entry(key, text),
+        None if extra.get(key) == Some(&Value::Null) => map.serialize_entry(key, &Value::Null),
+        None => Ok(()),
+    }
+}
+
+/// The unknown keys, after the known ones (a remembered `null` timestamp is not one).
+fn unknown_entries<M: SerializeMap>(
+    map: &mut M,
+    extra: &Map<String, Value>,
+    known: &[&str],
+) -> Result<(), M::Error> {
+    for (key, value) in extra {
+        if !known.contains(&key.as_str()) {
+            map.serialize_entry(key, value)?;
         }
     }
+    Ok(())
 }
 
 /// Reading: an explicit `null` becomes `None` plus a `null` under `key` in `extra`.
@@ -383,27 +427,10 @@ fn remember_null(
     }
 }
 
-/// Writing: `None` is written as `null` only if the file had a `null` there.
-fn recall_null(
-    field: Option<String>,
-    extra: &Map<String, Value>,
-    key: &str,
-) -> Option<Option<String>> {
-    match field {
-        Some(s) => Some(Some(s)),
-        None if extra.get(key) == Some(&Value::Null) => Some(None),
-        None => None,
-    }
-}
-
-/// `Option<Option<String>>` as missing (`None`, with `default` and `skip_serializing_if`),
-/// explicit `null` (`Some(None)`) or a string.
+/// Reads `Option<Option<String>>`: missing (`None`, through `default`), explicit `null`
+/// (`Some(None)`) or a string.
 mod nullable {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().and_then(Option::as_ref).serialize(s)
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
