@@ -119,7 +119,7 @@ fn start(
                 runner_id: job.runner_id,
                 dir: launched.dir,
                 supervisor: Some(launched.supervisor),
-                pidfd: Some(launched.pidfd),
+                pidfd: launched.pidfd,
                 log_path: launched.log_path,
                 heartbeat_path: launched.heartbeat_path,
             })));

@@ -46,7 +46,7 @@ pub struct Launched {
     pub runner_id: String,
     pub dir: RunnerDir,
     pub supervisor: Child,
-    pub pidfd: PidFd,
+    pub pidfd: Option<PidFd>,
     pub log_path: PathBuf,
     pub heartbeat_path: PathBuf,
 }
@@ -204,7 +204,18 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
             program: program.clone(),
             source,
         })?;
-    let pidfd = PidFd::open(supervisor.id()).map_err(prepare(dir.path()))?;
+    // The supervisor runs from here on: a failure to open its pidfd must not lose it (the
+    // watchdog then follows it by its lock instead).
+    let pidfd = match PidFd::open(supervisor.id()) {
+        Ok(pidfd) => Some(pidfd),
+        Err(err) => {
+            log::warn!(
+                "runner {}: no pidfd for its supervisor ({err}); watching its lock",
+                facts.runner_id
+            );
+            None
+        }
+    };
     Ok(Launched {
         runner_id: facts.runner_id.to_string(),
         dir: dir.clone(),

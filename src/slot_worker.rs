@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::Sender;
 
 use crate::scheduler::TaskKey;
-use crate::slots::{Allocation, Patch, SlotManager, SlotState};
+use crate::slots::{Allocation, Release, SlotManager, SlotState};
 
 /// Two, so a slow fetch for one repository does not hold up a release in another.
 const WORKERS: usize = 2;
@@ -44,7 +44,7 @@ pub enum SlotEvent {
         key: TaskKey,
         repo: String,
         slot_id: String,
-        result: Result<Option<Patch>, String>,
+        result: Result<Release, String>,
     },
 }
 
@@ -126,8 +126,9 @@ fn run(manager: &SlotManager, job: SlotJob) -> SlotEvent {
             slot_id,
             patch_path,
         } => {
+            let holder = format!("{}/{}", key.spec, key.id);
             let result = manager
-                .release(&slot_id, &patch_path)
+                .release_held(&slot_id, Some(&holder), &patch_path)
                 .map_err(|err| err.to_string());
             SlotEvent::Released {
                 key,

@@ -353,10 +353,14 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         runner_pid,
         started_at: timefmt::now_string(),
     };
-    fsutil::write_atomic(
-        &dir.supervisor_path(),
-        &serde_json::to_vec(&info).map_err(io::Error::other)?,
-    )?;
+    // From here on the runner exists: no early return may leave it unwatched. Without
+    // supervisor.json (a full disk, say) status lacks the pid; liveness never needs it.
+    let info_written = serde_json::to_vec(&info)
+        .map_err(io::Error::other)
+        .and_then(|bytes| fsutil::write_atomic(&dir.supervisor_path(), &bytes));
+    if let Err(err) = info_written {
+        eprintln!("# dispatcher-supervisor: cannot write supervisor.json: {err}");
+    }
 
     let ms = |value: Option<u64>| value.map(Duration::from_millis);
     let timeout = ms(record.timeout_ms);
@@ -369,8 +373,16 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
     let mut stopping: Option<Stopping> = None;
 
     let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(err) => {
+                // Cannot tell whether the runner lives: end it rather than lose track of it.
+                eprintln!("# dispatcher-supervisor: cannot poll the runner ({err}); killing it");
+                sys::signal_group(runner_pid, libc::SIGKILL);
+                let status = child.wait()?;
+                break status;
+            }
         }
         let now = Instant::now();
         // Look before judging: a touch made just before this check must count.
@@ -431,7 +443,10 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
             next = next.min(now + cap.check_interval());
         }
         let wait = next.saturating_duration_since(Instant::now());
-        sys::poll_readable(&[wake.as_raw_fd()], Some(wait))?;
+        if sys::poll_readable(&[wake.as_raw_fd()], Some(wait)).is_err() {
+            // The loop still ticks: a failed wait only makes it poll sooner.
+            std::thread::sleep(Duration::from_millis(50));
+        }
         wake.drain();
     };
 

@@ -155,6 +155,8 @@ struct Watched {
     watch: Watch,
     /// A stop that could not be signalled yet (adopted, supervisor pid not known).
     pending_stop: Option<StopReason>,
+    /// The first stop asked of this runner, if any.
+    stop_sent: Option<StopReason>,
     pid_reported: bool,
     /// The runner's pid, which is also its process group.
     runner_pid: Option<u32>,
@@ -252,6 +254,7 @@ impl Actor {
                 let mut watched = Watched {
                     watch: *watch,
                     pending_stop: None,
+                    stop_sent: None,
                     pid_reported: false,
                     runner_pid: None,
                     since: Instant::now(),
@@ -287,10 +290,17 @@ impl Actor {
             let _ = child.wait();
         }
         let exit = watched.watch.dir.read_exit().unwrap_or_else(|| {
-            Exit::without_status(
+            let mut exit = Exit::without_status(
                 id,
                 "the runner's supervisor ended without recording an exit status".into(),
-            )
+            );
+            // A stop sent before the supervisor's handlers were in place ends it at once:
+            // the attempt ends as that stop says (an interrupted attempt does not count).
+            if let Some(reason) = watched.pending_stop.or(watched.stop_sent) {
+                exit.stopped = Some(reason);
+                exit.error = None;
+            }
+            exit
         });
         if self.events.send(RunnerEvent::Exited(exit)).is_err() {
             log::warn!("core gone: end of runner {id} not reported");
@@ -372,6 +382,7 @@ impl Actor {
 /// Records the reason, then wakes the supervisor with SIGTERM; it relays TERM to the
 /// runner's group and KILL after the grace period.
 fn request_stop(watched: &mut Watched, reason: StopReason) {
+    watched.stop_sent.get_or_insert(reason);
     let watch = &watched.watch;
     if let Err(err) = watch.dir.request_stop(reason) {
         log::warn!(

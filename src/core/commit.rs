@@ -28,6 +28,8 @@ pub(super) struct Pick {
     runner_id: String,
     /// What the task counts against its pool's quotas.
     pub(super) resources: Resources,
+    /// The repository whose slot it needs, if any (kept here: its taskset may go away).
+    pub(super) repo: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -61,6 +63,12 @@ struct Claimed {
 
 impl Core {
     pub(super) fn commit(&mut self) {
+        if self.drain.is_some() {
+            // Draining: no new task starts, not even one whose slot just arrived.
+            for (pick, slot) in std::mem::take(&mut self.allocated) {
+                self.give_back(&pick, Some(slot));
+            }
+        }
         let picks = self.plan();
         let mut batches: BTreeMap<Arc<str>, Batch> = BTreeMap::new();
         for finish in std::mem::take(&mut self.pending) {
@@ -111,6 +119,7 @@ impl Core {
     /// returned, to be claimed now.
     fn plan(&mut self) -> Vec<Pick> {
         if self.drain.is_some() || !self.scanned || self.queue.is_empty() {
+            self.note_quota_blocks(&HashSet::new());
             return Vec::new();
         }
         let global_free = self
@@ -188,13 +197,15 @@ impl Core {
                 .and_then(super::placement::requested_resources)
                 .map_or(default, |r| r.or(default));
             self.take_place(pool, resources);
+            let repo = task.as_ref().and_then(|t| self.repo_of(t));
             let pick = Pick {
                 key,
                 pool,
                 runner_id,
                 resources,
+                repo: repo.clone(),
             };
-            match task.as_ref().and_then(|t| self.repo_of(t)) {
+            match repo {
                 Some(repo) => self.allocate(pick, &repo),
                 None => picks.push(pick),
             }
@@ -280,27 +291,42 @@ impl Core {
                 || added;
             ((verdicts, unblocked, attempts, read_version), changed)
         });
-        let ((verdicts, unblocked, attempts, read_version), taskset, fingerprint) = match result {
-            Ok(done) => done,
-            Err(err) => {
-                let what = if finishes.is_empty() {
-                    format!("claim tasks of {spec}")
-                } else {
-                    let keys: Vec<String> =
-                        finishes.iter().map(|f| f.run.key.to_string()).collect();
-                    format!("record the end of {}", keys.join(", "))
-                };
-                self.pending.extend(finishes);
-                self.pending_artifacts.extend(artifacts);
-                // Nothing was claimed: the picks' pool places and slots go back.
-                for (pick, slot) in picks {
-                    self.give_back(&pick, slot);
+        let ((verdicts, unblocked, attempts, read_version), taskset, fingerprint, reused) =
+            match result {
+                Ok(done) => done,
+                Err(err) if err.is_missing() => {
+                    // The taskset was removed: its tasks are gone, so are their claims. Ended
+                    // attempts give their slots back; picks give back their places and slots.
+                    log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
+                    for finish in &finishes {
+                        self.claimed.remove(&finish.run.key);
+                        self.release_after(finish);
+                    }
+                    for (pick, slot) in picks {
+                        self.give_back(&pick, slot);
+                    }
+                    return;
                 }
-                self.write_failed(spec, &format!("cannot {what}: {err}"));
-                return;
-            }
-        };
+                Err(err) => {
+                    let what = if finishes.is_empty() {
+                        format!("claim tasks of {spec}")
+                    } else {
+                        let keys: Vec<String> =
+                            finishes.iter().map(|f| f.run.key.to_string()).collect();
+                        format!("record the end of {}", keys.join(", "))
+                    };
+                    self.pending.extend(finishes);
+                    self.pending_artifacts.extend(artifacts);
+                    // Nothing was claimed: the picks' pool places and slots go back.
+                    for (pick, slot) in picks {
+                        self.give_back(&pick, slot);
+                    }
+                    self.write_failed(spec, &format!("cannot {what}: {err}"));
+                    return;
+                }
+            };
         let mut claimed = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
         for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {
             match attempt {
                 Some(attempt) => claimed.push(Claimed {
@@ -308,7 +334,12 @@ impl Core {
                     slot,
                     attempt,
                 }),
-                None => self.give_back(&pick, slot),
+                None => {
+                    // Changed under us (done, failed, cancelled): placed anew below, so it is
+                    // not picked again on the strength of what we held.
+                    refused.push(pick.key.id.to_string());
+                    self.give_back(&pick, slot);
+                }
             }
         }
         drop(held);
@@ -376,7 +407,8 @@ impl Core {
         }
         self.events.append(&events);
         let taskset = Arc::new(taskset);
-        if known_version == Some(read_version) {
+        changed.extend(refused);
+        if reused && known_version == Some(read_version) {
             self.refresh_tasks(spec, &taskset, &changed);
             if written_fingerprint.is_some() {
                 self.spec_state(spec).fingerprint = written_fingerprint;
@@ -399,19 +431,12 @@ impl Core {
     /// go back.
     fn give_back(&mut self, pick: &Pick, slot: Option<Allocation>) {
         self.free_place(pick.pool, pick.resources);
-        if let Some(slot) = slot {
-            let repo = self
-                .specs
-                .get(&*pick.key.spec)
-                .and_then(|s| s.taskset.clone())
-                .and_then(|ts| ts.task(&pick.key.id).and_then(|t| self.repo_of(t)));
-            if let Some(repo) = repo {
-                let hold = SlotHold {
-                    repo: repo.to_string(),
-                    slot_id: slot.slot_id,
-                };
-                self.release(&pick.key, hold, 0);
-            }
+        if let (Some(slot), Some(repo)) = (slot, &pick.repo) {
+            let hold = SlotHold {
+                repo: repo.to_string(),
+                slot_id: slot.slot_id,
+            };
+            self.release(&pick.key, hold, 0);
         }
     }
 
@@ -423,15 +448,13 @@ impl Core {
             pool,
             runner_id,
             resources,
+            repo,
         } = pick;
         let pool_name = self.pools[pool].name.clone();
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
-        let hold = slot.as_ref().and_then(|s| {
-            let repo = self.repo_of(task)?;
-            Some(SlotHold {
-                repo: repo.to_string(),
-                slot_id: s.slot_id.clone(),
-            })
+        let hold = slot.as_ref().zip(repo).map(|(s, repo)| SlotHold {
+            repo: repo.to_string(),
+            slot_id: s.slot_id.clone(),
         });
         let (workdir, repo_url) = match slot {
             Some(slot) => (slot.slot_path, Some(slot.repo_url)),
@@ -516,6 +539,11 @@ fn claim(
     }
     let task = taskset.task_mut(&pick.key.id)?;
     let mut meta = task.dispatcher_meta();
+    // Pin the ready time before updated_at moves, so that a task that comes back to ready
+    // (interrupted) keeps its place in line and its starvation age.
+    if meta.ready_at.is_none() {
+        meta.ready_at = task.updated_at.clone().or_else(|| task.created_at.clone());
+    }
     meta.attempts += 1;
     meta.pool = Some(pool.to_string());
     meta.runner_id = Some(pick.runner_id.clone());

@@ -405,6 +405,10 @@ impl Core {
             }
             self.on_timers();
             self.check_deadlocks(false);
+            // Runner starts heard this turn go out before the ends this commit records.
+            if !self.outbox.is_empty() {
+                self.events.append(&std::mem::take(&mut self.outbox));
+            }
             self.commit();
             if !self.outbox.is_empty() {
                 self.events.append(&std::mem::take(&mut self.outbox));

@@ -15,6 +15,7 @@ use super::{Core, Finish, SlotHold};
 use crate::registry::{Task, TaskState};
 use crate::scheduler::TaskKey;
 use crate::slot_worker::{SlotEvent, SlotJob};
+use crate::slots::Release;
 use crate::timefmt;
 
 impl Core {
@@ -154,7 +155,8 @@ impl Core {
             } => {
                 self.releasing -= 1;
                 match result {
-                    Ok(patch) => {
+                    Ok(Release::NotHeld) => {}
+                    Ok(Release::Released(patch)) => {
                         *self.free_slots.entry(Arc::from(repo.as_str())).or_insert(0) += 1;
                         if let Some(patch) = patch {
                             let artifact = json!({

@@ -35,3 +35,10 @@ pub enum RegistryError {
     #[error("taskset {} already exists", path.display())]
     Exists { path: PathBuf },
 }
+
+impl RegistryError {
+    /// The taskset file does not exist (any more).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, RegistryError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}

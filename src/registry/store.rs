@@ -142,25 +142,28 @@ impl Registry {
         f: impl FnOnce(&mut Taskset) -> (R, bool),
     ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
         self.update_known(spec, None, f)
+            .map(|(result, taskset, fingerprint, _)| (result, taskset, fingerprint))
     }
 
     /// [`Registry::update_fingerprinted`] for a caller that holds the taskset as it last read
     /// or wrote it, with that file's fingerprint: when the file under the lock still has that
-    /// fingerprint, the held copy is used instead of reading and parsing the file again.
+    /// fingerprint, the held copy is used instead of reading and parsing the file again. The
+    /// last value says whether it was (false: the file was read, someone else may have
+    /// changed it).
     pub fn update_known<R>(
         &self,
         spec: &str,
         known: Option<(Fingerprint, &Taskset)>,
         f: impl FnOnce(&mut Taskset) -> (R, bool),
-    ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
+    ) -> Result<(R, Taskset, Option<Fingerprint>, bool), RegistryError> {
         names::validate("spec name", spec)?;
         let path = self.taskset_path(spec);
         let _lock = self.lock(spec)?;
-        let mut taskset = match known {
+        let (mut taskset, reused) = match known {
             Some((fingerprint, held)) if self.fingerprint(spec)? == Some(fingerprint) => {
-                held.clone()
+                (held.clone(), true)
             }
-            _ => read_taskset(&path, spec)?,
+            _ => (read_taskset(&path, spec)?, false),
         };
         let (result, changed) = f(&mut taskset);
         if changed {
@@ -181,9 +184,9 @@ impl Registry {
                 }
             })?;
             let fingerprint = self.fingerprint(spec)?;
-            return Ok((result, taskset, fingerprint));
+            return Ok((result, taskset, fingerprint, reused));
         }
-        Ok((result, taskset, None))
+        Ok((result, taskset, None, reused))
     }
 
     /// Writes a new taskset under its lock; fails if the spec already has one. Missing
@@ -327,9 +330,10 @@ mod tests {
         // which shows the file was not read again.
         let mut held = on_disk.clone();
         held.metadata.insert("held".into(), Value::Bool(true));
-        let (_, t, written) = r
+        let (_, t, written, reused) = r
             .update_known("tiny", Some((fingerprint, &held)), |_| ((), true))
             .unwrap();
+        assert!(reused);
         assert_eq!(t.metadata.get("held"), Some(&Value::Bool(true)));
         let written = written.unwrap();
         // Another writer replaces the file: the stale fingerprint no longer matches, so the
@@ -337,9 +341,10 @@ mod tests {
         let mut other = r.load("tiny").unwrap();
         other.metadata.insert("other".into(), Value::Bool(true));
         fsutil::write_atomic(&r.taskset_path("tiny"), &other.to_json_bytes()).unwrap();
-        let (_, t, _) = r
+        let (_, t, _, reused) = r
             .update_known("tiny", Some((written, &held)), |_| ((), false))
             .unwrap();
+        assert!(!reused);
         assert_eq!(t.metadata.get("other"), Some(&Value::Bool(true)));
     }
 

@@ -109,6 +109,15 @@ pub struct Patch {
     pub size_bytes: u64,
 }
 
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// The slot is free again; the patch of the changes it held, if any.
+    Released(Option<Patch>),
+    /// It was not this task's to release (free already, or lent to another task).
+    NotHeld,
+}
+
 /// Allocates, releases and maintains the slots of every pool under one workspaces directory.
 /// Cheap to clone; all coordination is through files, so several threads and processes may
 /// share one workspaces directory.
@@ -248,6 +257,21 @@ impl SlotManager {
     /// cleans it onto the base. The task branch and its commits stay. `None` when there was
     /// nothing uncommitted. On a git failure the slot goes to `error` and the error is returned.
     pub fn release(&self, slot_id: &str, patch_path: &Path) -> Result<Option<Patch>, SlotError> {
+        match self.release_held(slot_id, None, patch_path)? {
+            Release::Released(patch) => Ok(patch),
+            Release::NotHeld => Ok(None),
+        }
+    }
+
+    /// [`SlotManager::release`] on behalf of `holder` (`spec/task_id`): a slot that is free
+    /// already, or now allocated to another task (recovery freed it and it was lent again),
+    /// is left alone and reported as [`Release::NotHeld`].
+    pub fn release_held(
+        &self,
+        slot_id: &str,
+        holder: Option<&str>,
+        patch_path: &Path,
+    ) -> Result<Release, SlotError> {
         let slot = self.slot(slot_id)?;
         let _lock = self.lock_slot(&slot)?;
         let Some(mut file) = self.read_slot_file(&slot)? else {
@@ -258,13 +282,22 @@ impl SlotManager {
         };
         if file.state == SlotState::Available {
             log::debug!("{}: released twice; it is already available", slot.id);
-            return Ok(None);
+            return Ok(Release::NotHeld);
+        }
+        if let (Some(holder), Some(task)) = (holder, file.task()) {
+            if file.state == SlotState::Allocated && task != holder {
+                log::warn!(
+                    "{}: not released for {holder}: it is allocated to {task}",
+                    slot.id
+                );
+                return Ok(Release::NotHeld);
+            }
         }
         let base = self.settings(&slot.repo)?.base_branch;
         match self.reclaim(&slot, &mut file, &base, patch_path) {
             Ok(patch) => {
                 log::info!("{}: released", slot.id);
-                Ok(patch)
+                Ok(Release::Released(patch))
             }
             Err(err) => {
                 self.mark_error(&slot, &mut file, &err);
