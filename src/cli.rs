@@ -27,8 +27,9 @@ pub const EXIT_STUCK: u8 = 4;
 #[command(name = "dispatcher", version, about)]
 pub struct Cli {
     /// Configuration file. When the default is missing, every setting takes its default.
-    #[arg(long, short = 'c', global = true, default_value = "dispatcher.toml")]
-    config: PathBuf,
+    /// [default: dispatcher.toml]
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -121,9 +122,13 @@ enum SlotsAction {
 }
 
 pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
-    let config = load_config(&cli.config)?;
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = load_config(&config_path, cli.config.is_some())?;
     match &cli.command {
-        Command::Run { until_idle } => run(config, &cli.config, *until_idle),
+        Command::Run { until_idle } => run(config, &config_path, *until_idle),
         Command::Pool { action } => {
             let (name, enabled) = match action {
                 PoolAction::Enable { name } => (name, true),
@@ -176,8 +181,11 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let explicit = path != Path::new("dispatcher.toml");
+const DEFAULT_CONFIG: &str = "dispatcher.toml";
+
+/// The configuration file; only the implicit default may be missing (every key then takes its
+/// default). A file named with `--config` must exist.
+fn load_config(path: &Path, explicit: bool) -> anyhow::Result<Config> {
     if !explicit && !path.exists() {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         log::info!("no dispatcher.toml here: using the defaults");
@@ -228,7 +236,7 @@ fn handle_signals(signals: &SignalSet, control: &ControlHandle, config_path: &Pa
             }
         };
         if signal == libc::SIGHUP {
-            match load_config(config_path) {
+            match load_config(config_path, true) {
                 Ok(config) => {
                     log::info!("SIGHUP: reloading {}", config_path.display());
                     control.reload(config);
