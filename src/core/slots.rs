@@ -124,8 +124,6 @@ impl Core {
                 };
                 match result {
                     Ok(Some(allocation)) if self.drain.is_none() => {
-                        // The repository works again: its last error is history.
-                        self.slot_errors.remove(&repo);
                         self.allocated.push((pick, allocation));
                     }
                     Ok(Some(allocation)) => {
