@@ -25,6 +25,47 @@ pub struct Counters {
     /// Deadlock findings announced (each once).
     #[serde(default)]
     pub deadlocks_detected: u64,
+    /// Ready → runner started, in seconds.
+    #[serde(default)]
+    pub task_wait_seconds: Histogram,
+    /// Runner started → ended, in seconds, by pool.
+    #[serde(default)]
+    pub task_run_seconds: BTreeMap<String, Histogram>,
+    /// One registry scan by the monitor, in seconds.
+    #[serde(default)]
+    pub registry_poll_seconds: Histogram,
+    /// Notifications dropped because the sender's queue was full.
+    #[serde(default)]
+    pub notifications_dropped: u64,
+}
+
+/// Upper bounds of the histogram buckets, in seconds: from a fast scan (1 ms) to a long
+/// agent run (2 h); `+Inf` is implied.
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+    7200.0,
+];
+
+/// A Prometheus histogram: counts per bucket (not cumulative), their sum and count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if self.buckets.len() != BUCKETS.len() {
+            self.buckets = vec![0; BUCKETS.len()];
+        }
+        if let Some(i) = BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
 }
 
 /// The exposition text for one report.
@@ -192,6 +233,41 @@ pub fn render(report: &StatusReport) -> String {
         &[],
         counters.deadlocks_detected as f64,
     );
+    out.counter(
+        "dispatcher_notifications_dropped_total",
+        "notifications dropped (queue full)",
+    );
+    out.sample(
+        "dispatcher_notifications_dropped_total",
+        &[],
+        counters.notifications_dropped as f64,
+    );
+
+    out.histogram(
+        "dispatcher_task_wait_seconds",
+        "time from ready to runner started",
+    );
+    out.histogram_samples(
+        "dispatcher_task_wait_seconds",
+        &[],
+        &counters.task_wait_seconds,
+    );
+    out.histogram(
+        "dispatcher_task_run_seconds",
+        "time from runner started to its end, by pool",
+    );
+    for (pool, histogram) in &counters.task_run_seconds {
+        out.histogram_samples("dispatcher_task_run_seconds", &[("pool", pool)], histogram);
+    }
+    out.histogram(
+        "dispatcher_registry_poll_seconds",
+        "one scan of the registry by the monitor",
+    );
+    out.histogram_samples(
+        "dispatcher_registry_poll_seconds",
+        &[],
+        &counters.registry_poll_seconds,
+    );
     out.text
 }
 
@@ -207,6 +283,28 @@ impl Metrics {
 
     fn counter(&mut self, name: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} counter");
+    }
+
+    fn histogram(&mut self, name: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} histogram");
+    }
+
+    /// `_bucket` lines (cumulative, with `le`), then `_sum` and `_count`.
+    fn histogram_samples(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += h.buckets.get(i).copied().unwrap_or(0);
+            let le = le.to_string();
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, cumulative as f64);
+        }
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", "+Inf"));
+        self.sample(&bucket, &with_le, h.count as f64);
+        self.sample(&format!("{name}_sum"), labels, h.sum);
+        self.sample(&format!("{name}_count"), labels, h.count as f64);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -284,5 +382,25 @@ mod tests {
         assert!(text.contains("dispatcher_tasks{spec=\"s\",state=\"done\"} 2\n"));
         assert!(text.contains("# TYPE dispatcher_attempts_total counter\n"));
         assert!(text.contains("dispatcher_attempts_total{pool=\"gpu\",outcome=\"failed\"} 2\n"));
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut report = StatusReport::default();
+        for seconds in [0.002, 0.2, 0.3, 4000.0] {
+            report.counters.task_wait_seconds.observe(seconds);
+        }
+        let text = render(&report);
+        assert!(text.contains("# TYPE dispatcher_task_wait_seconds histogram\n"));
+        assert!(
+            text.contains("dispatcher_task_wait_seconds_bucket{le=\"0.001\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("dispatcher_task_wait_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("dispatcher_task_wait_seconds_bucket{le=\"0.5\"} 3\n"));
+        assert!(text.contains("dispatcher_task_wait_seconds_bucket{le=\"3600\"} 3\n"));
+        assert!(text.contains("dispatcher_task_wait_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("dispatcher_task_wait_seconds_sum 4000.502\n"));
+        assert!(text.contains("dispatcher_task_wait_seconds_count 4\n"));
     }
 }

@@ -29,8 +29,8 @@ pub enum RegistryEvent {
     /// The tasksets directory itself could not be listed.
     ScanFailed(String),
     /// One full pass over the registry is complete; everything changed before it started
-    /// has been sent.
-    ScanDone,
+    /// has been sent. `took` is how long the pass took.
+    ScanDone { took: Duration },
 }
 
 /// The monitor thread: dropping the handle stops and joins it.
@@ -203,13 +203,18 @@ fn scan(
     known: &mut HashMap<String, Option<Fingerprint>>,
     events: &Sender<RegistryEvent>,
 ) -> bool {
+    let started = std::time::Instant::now();
     let specs = match registry.list_specs() {
         Ok(specs) => specs,
         Err(err) => {
             return events
                 .send(RegistryEvent::ScanFailed(err.to_string()))
                 .is_ok()
-                && events.send(RegistryEvent::ScanDone).is_ok();
+                && events
+                    .send(RegistryEvent::ScanDone {
+                        took: started.elapsed(),
+                    })
+                    .is_ok();
         }
     };
     let mut seen = HashSet::with_capacity(specs.len());
@@ -247,5 +252,9 @@ fn scan(
             return false;
         }
     }
-    events.send(RegistryEvent::ScanDone).is_ok()
+    events
+        .send(RegistryEvent::ScanDone {
+            took: started.elapsed(),
+        })
+        .is_ok()
 }

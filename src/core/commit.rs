@@ -365,6 +365,17 @@ impl Core {
             if matches!(verdict, Verdict::Retry(..)) {
                 self.counters.retries_scheduled += 1;
             }
+            if finish.exit.error.is_none() {
+                let pool = finish
+                    .run
+                    .pool
+                    .map_or_else(|| "unknown".to_string(), |p| self.pools[p].name.clone());
+                self.counters
+                    .task_run_seconds
+                    .entry(pool)
+                    .or_default()
+                    .observe(finish.exit.duration_seconds);
+            }
             events.extend(finish_events(finish, verdict));
             log_verdict(finish, verdict, &unblocked);
             self.claimed.remove(&finish.run.key);
@@ -483,6 +494,7 @@ impl Core {
                 slot: hold,
                 resources,
                 usage: None,
+                ready_at: view::ready_at(task, &task.dispatcher_meta()),
                 pool: Some(pool),
                 adopted: false,
                 attempt,

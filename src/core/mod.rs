@@ -153,6 +153,8 @@ struct Running {
     resources: Resources,
     /// Measured use of its process group (`None` until first measured).
     usage: Option<Usage>,
+    /// When its task became ready (for the wait-time histogram).
+    ready_at: chrono::NaiveDateTime,
     /// `None` for an adopted runner whose pool is no longer configured.
     pool: Option<usize>,
     adopted: bool,
@@ -661,6 +663,9 @@ impl Core {
                 supervisor_pid,
             } => {
                 if let Some(run) = self.running.get(&runner_id) {
+                    let waited = timefmt::now().signed_duration_since(run.ready_at);
+                    let waited = waited.to_std().unwrap_or_default().as_secs_f64();
+                    self.counters.task_wait_seconds.observe(waited);
                     let pool = run.pool.map_or("?", |p| self.pools[p].name.as_str());
                     log::info!(
                         "started {} attempt {} on pool {pool} (runner {runner_id}, supervisor pid {supervisor_pid})",
@@ -738,7 +743,10 @@ impl Core {
                     self.scan_error = Some(error);
                 }
             }
-            RegistryEvent::ScanDone => {
+            RegistryEvent::ScanDone { took } => {
+                self.counters
+                    .registry_poll_seconds
+                    .observe(took.as_secs_f64());
                 if !self.scanned {
                     log::info!(
                         "registry read: {} tasksets, {} runnable tasks",

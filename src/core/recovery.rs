@@ -103,6 +103,7 @@ impl Core {
             slot,
             resources,
             usage: None,
+            ready_at: crate::view::ready_at(task, &meta),
             runner_id: runner_id.clone(),
             key: key.clone(),
             pool,
