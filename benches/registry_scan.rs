@@ -22,7 +22,7 @@ fn until_scan_done(events: &Receiver<RegistryEvent>) -> usize {
     let mut changed = 0;
     loop {
         match events.recv_timeout(Duration::from_secs(120)) {
-            Ok(RegistryEvent::ScanDone) => return changed,
+            Ok(RegistryEvent::ScanDone { .. }) => return changed,
             Ok(RegistryEvent::Changed { taskset, .. }) => {
                 taskset.expect("generated taskset loads");
                 changed += 1;

@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod metrics;
 pub mod monitor;
 pub mod names;
+pub mod notify;
 pub mod placeholders;
 pub mod procfs;
 pub mod registry;

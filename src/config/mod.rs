@@ -33,6 +33,8 @@ pub struct Config {
     pub deadlock: DeadlockSettings,
     /// `[metrics] textfile`: where a running dispatcher keeps its metrics for node_exporter.
     pub metrics_textfile: Option<PathBuf>,
+    /// `[notifications]`: the webhook and what to send it.
+    pub notifications: Option<crate::notify::NotifySettings>,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -269,7 +271,9 @@ const SECTIONS: &[&str] = &[
     "fair_share",
     "deadlock",
     "metrics",
+    "notifications",
 ];
+const NOTIFICATION_KEYS: &[&str] = &["webhook_url", "events", "timeout", "max_attempts", "queue"];
 const METRICS_KEYS: &[&str] = &["textfile"];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
@@ -356,6 +360,7 @@ impl Config {
             },
             fair_share_weights: BTreeMap::new(),
             metrics_textfile: None,
+            notifications: None,
             deadlock: DeadlockSettings {
                 enabled: true,
                 check_interval: Duration::from_secs(60),
@@ -440,6 +445,9 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
     let mut config = Config::default_in(base_dir);
     let root = root.table()?;
     root.deny_unknown(SECTIONS)?;
+    if let Some(section) = root.get("notifications") {
+        config.notifications = Some(decode_notifications(&section)?);
+    }
     if let Some(section) = root.get("metrics") {
         let table = section.table()?;
         table.deny_unknown(METRICS_KEYS)?;
@@ -821,6 +829,53 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         default_cpu,
         default_memory_mb,
         memory_limit_mb,
+    })
+}
+
+fn decode_notifications(section: &Item<'_>) -> Result<crate::notify::NotifySettings, Problem> {
+    let table = section.table()?;
+    table.deny_unknown(NOTIFICATION_KEYS)?;
+    let Some(url) = table.get("webhook_url") else {
+        return Err(section.problem("missing key \"webhook_url\" (where to POST notifications)"));
+    };
+    let webhook_url = url.str()?.to_owned();
+    if !webhook_url.starts_with("http://") && !webhook_url.starts_with("https://") {
+        return Err(url.problem(format!("{webhook_url:?} is not an http:// or https:// URL")));
+    }
+    let mut kinds: Vec<String> = crate::notify::DEFAULT_KINDS
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
+    if let Some(item) = table.get("events") {
+        kinds = Vec::new();
+        for (entry, kind) in item.string_list()? {
+            if !crate::notify::KINDS.contains(&kind) {
+                return Err(entry.problem(format!(
+                    "unknown event {kind:?} (known: {})",
+                    crate::notify::KINDS.join(", ")
+                )));
+            }
+            kinds.push(kind.to_owned());
+        }
+    }
+    let timeout = match table.get("timeout") {
+        Some(item) => item.duration()?,
+        None => Duration::from_secs(5),
+    };
+    let max_attempts = match table.get("max_attempts") {
+        Some(item) => item.integer(1)?,
+        None => 3,
+    };
+    let queue = match table.get("queue") {
+        Some(item) => item.integer(1)?,
+        None => 64,
+    };
+    Ok(crate::notify::NotifySettings {
+        webhook_url,
+        kinds,
+        timeout,
+        max_attempts,
+        queue,
     })
 }
 

@@ -365,6 +365,9 @@ impl Core {
             if matches!(verdict, Verdict::Retry(..)) {
                 self.counters.retries_scheduled += 1;
             }
+            if let Some(notice) = notice_for(finish, verdict) {
+                self.notify(notice);
+            }
             if finish.exit.error.is_none() {
                 let pool = finish
                     .run
@@ -632,6 +635,38 @@ fn apply_finish(
     };
     task.set_dispatcher_meta(&meta);
     verdict
+}
+
+/// The notification an attempt's end is worth, if any (users pick which kinds they get).
+fn notice_for(finish: &Finish, verdict: &Verdict) -> Option<crate::notify::Notice> {
+    use crate::notify::Notice;
+    let key = &finish.run.key;
+    let error = finish.exit.describe();
+    let notice = match verdict {
+        Verdict::Failed(attempts) => Notice::new(
+            "task_failed",
+            format!("{key} failed after {attempts} attempts: {error}"),
+        )
+        .with("attempts", *attempts),
+        Verdict::Done => Notice::new(
+            "task_done",
+            format!("{key} done (attempt {})", finish.run.attempt),
+        ),
+        Verdict::Retry(at, _) => Notice::new(
+            "task_retry",
+            format!(
+                "{key} attempt {} failed ({error}); retry at {at}",
+                finish.run.attempt
+            ),
+        ),
+        _ => return None,
+    };
+    Some(
+        notice
+            .task(&key.spec, &key.id)
+            .with("runner_id", finish.run.runner_id.as_str())
+            .with("error", error),
+    )
 }
 
 fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {

@@ -27,6 +27,10 @@ impl Core {
         let findings = self.current_findings();
         for finding in self.announced.update(&findings) {
             self.counters.deadlocks_detected += 1;
+            self.notify(
+                crate::notify::Notice::new("deadlock", format!("deadlock: {}", finding.describe()))
+                    .with("kind", finding.kind()),
+            );
             log::warn!("deadlock check: {}", finding.describe());
             let event = finding.event();
             if finding.task_id().is_some() || matches!(finding, Finding::Cycle { .. }) {

@@ -219,6 +219,7 @@ pub struct Core {
     /// `[deadlock] action = "fail"` fired: the drain ends with exit 4.
     deadlock_failed: bool,
     counters: crate::metrics::Counters,
+    notifier: Option<crate::notify::Notifier>,
     /// Runners asked to stop for `dispatcher cancel`.
     cancelling: HashSet<String>,
     /// When `pools.json` was last read (its mtime), and whether it ever was.
@@ -300,6 +301,7 @@ impl Core {
             announced: crate::deadlock::Announced::default(),
             deadlock_failed: false,
             counters: crate::metrics::Counters::default(),
+            notifier: None,
             overrides_stamp: None,
             overrides_read: false,
             last_overrides_check: Instant::now(),
@@ -352,6 +354,12 @@ impl Core {
             Err(err) => log::error!("cannot start slot threads: {err}"),
         }
         drop(slot_tx);
+        if let Some(settings) = self.config.notifications.clone() {
+            match crate::notify::Notifier::spawn(settings) {
+                Ok(notifier) => self.notifier = Some(notifier),
+                Err(err) => log::error!("cannot start the notification thread: {err}"),
+            }
+        }
         self.watchdog = Some(parts.watchdog);
         let runner_rx = parts.runner_events;
         let control = parts.control;
@@ -425,10 +433,13 @@ impl Core {
                 self.start_drain(self.config.dispatcher.graceful_shutdown_timeout);
             }
         };
+        self.notify_end(outcome);
         self.monitor.take();
         self.sweep(true);
         self.launcher.take();
         self.slot_workers.take();
+        // Queued notices (the run's end among them) go out before the state dir is released.
+        self.notifier.take();
         self.watchdog.take();
         self.publish(true);
         drop(parts.lock);
@@ -529,6 +540,54 @@ impl Core {
                 reason: StopReason::Cancelled,
             });
         }
+    }
+
+    /// Hands a notice to the notification thread (if configured) without ever waiting.
+    fn notify(&mut self, notice: crate::notify::Notice) {
+        if let Some(notifier) = &self.notifier {
+            if !notifier.notify(notice) {
+                self.counters.notifications_dropped += 1;
+            }
+        }
+    }
+
+    /// The last notices of a run: how it ended, with the totals.
+    fn notify_end(&mut self, outcome: RunOutcome) {
+        let totals: Vec<String> = self
+            .report()
+            .totals
+            .iter()
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect();
+        let host = crate::sys::hostname();
+        if outcome == RunOutcome::Drained {
+            self.notify(
+                crate::notify::Notice::new(
+                    "drained",
+                    format!(
+                        "dispatcher on {host} drained and stopped ({})",
+                        totals.join(", ")
+                    ),
+                )
+                .with("outcome", "drained"),
+            );
+        }
+        let how = match outcome {
+            RunOutcome::AllDone => "every task is done",
+            RunOutcome::SomeFailed => "some tasks failed",
+            RunOutcome::NeverRunnable => "some tasks can never run",
+            RunOutcome::Drained => "stopped",
+        };
+        self.notify(
+            crate::notify::Notice::new(
+                "run_finished",
+                format!(
+                    "dispatcher run on {host} finished: {how} ({})",
+                    totals.join(", ")
+                ),
+            )
+            .with("exit_code", outcome.exit_code()),
+        );
     }
 
     /// Takes a place in a pool for a task with this request.
