@@ -2,6 +2,7 @@
 //! to stdout, logs and errors to stderr; exit codes are documented in the README.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use dispatcher::config::Config;
 use dispatcher::control::{self, Cancelled};
 use dispatcher::deadlock::{self, Finding};
+use dispatcher::live::LiveLine;
 use dispatcher::registry::{EventLog, Registry};
 use dispatcher::slots::{self, SlotManager};
 use dispatcher::statedir::StateDir;
@@ -209,11 +211,14 @@ fn run(config: Config, config_path: &Path, until_idle: bool) -> anyhow::Result<u
     dispatcher.start()?;
     let control = dispatcher.control_handle()?;
     let config_path = config_path.to_path_buf();
+    let live_control = control.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || handle_signals(&signals, &control, &config_path))
         .context("cannot start the signal thread")?;
+    let live = LiveLine::start(move || live_control.status(Duration::from_millis(400)));
     let outcome = dispatcher.wait()?;
+    drop(live);
     let summary = match outcome {
         RunOutcome::AllDone => "idle: every task is done",
         RunOutcome::SomeFailed => "idle: some tasks failed",

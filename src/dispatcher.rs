@@ -64,6 +64,14 @@ impl ControlHandle {
     pub fn reload(&self, config: Config) {
         let _ = self.control.send(Control::Reload(Box::new(config)));
     }
+
+    /// The core's status report, or `None` if it does not answer within `timeout` (it is
+    /// busy or gone).
+    pub fn status(&self, timeout: Duration) -> Option<StatusReport> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.control.send(Control::Status(reply)).ok()?;
+        answer.recv_timeout(timeout).ok()
+    }
 }
 
 impl Dispatcher {

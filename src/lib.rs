@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod fsutil;
 pub mod launch_pool;
 pub mod launcher;
+pub mod live;
 pub mod metrics;
 pub mod monitor;
 pub mod names;
