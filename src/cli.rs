@@ -2,6 +2,7 @@
 //! to stdout, logs and errors to stderr; exit codes are documented in the README.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use dispatcher::config::Config;
 use dispatcher::control::{self, Cancelled};
 use dispatcher::deadlock::{self, Finding};
+use dispatcher::http::{ReportSource, Server};
 use dispatcher::live::LiveLine;
 use dispatcher::registry::{EventLog, Registry};
 use dispatcher::slots::{self, SlotManager};
@@ -53,6 +55,11 @@ enum Command {
         /// Print the stable JSON document described in the README.
         #[arg(long)]
         json: bool,
+
+        /// Ask the dispatcher serving `[metrics] listen` at this address
+        /// (http://HOST:PORT) instead of reading this state dir.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Switch a pool on or off: a disabled pool takes no new tasks; running ones finish.
     ///
@@ -95,7 +102,12 @@ enum Command {
     },
     /// Print the metrics (Prometheus text format) of the dispatcher running on this state
     /// dir, or the gauges the registry alone gives when none runs.
-    Metrics,
+    Metrics {
+        /// Fetch them from the dispatcher serving `[metrics] listen` at this address
+        /// (http://HOST:PORT) instead.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Show the workspace slots of each repository pool: state, task, use and disk size.
     Slots {
         /// Print the pools and slots as JSON.
@@ -124,6 +136,19 @@ enum SlotsAction {
 }
 
 pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
+    // A remote dispatcher has its own configuration: the local one is not even read, so a
+    // broken or absent local file does not stand in the way.
+    match &cli.command {
+        Command::Status {
+            json,
+            url: Some(url),
+        } => return remote_status(url, *json),
+        Command::Metrics { url: Some(url) } => {
+            emit(&fetch(url, "/metrics")?)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let config_path = cli
         .config
         .clone()
@@ -170,8 +195,8 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             emit(&format!("{spec}/{id}: {text}\n"))?;
             Ok(0)
         }
-        Command::Status { json } => status(&config, *json),
-        Command::Metrics => {
+        Command::Status { json, .. } => status(&config, *json),
+        Command::Metrics { .. } => {
             emit(&dispatcher::metrics::render(&current_report(&config)))?;
             Ok(0)
         }
@@ -207,16 +232,32 @@ fn run(config: Config, config_path: &Path, until_idle: bool) -> anyhow::Result<u
     // Blocked before any thread starts, so only the signal thread below ever sees them.
     let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .context("cannot block signals")?;
+    // Bound before the dispatcher starts, so that a taken port fails the start-up before any
+    // task is claimed.
+    let listener = config.metrics_listen.map(Server::bind).transpose()?;
     let mut dispatcher = Dispatcher::new(config).until_idle(until_idle);
     dispatcher.start()?;
     let control = dispatcher.control_handle()?;
+    // Kept until the run ends; dropping it stops the endpoint.
+    let _server = match listener {
+        Some(listener) => {
+            let control = control.clone();
+            let source: ReportSource = Arc::new(move || {
+                control
+                    .status(HTTP_STATUS_TIMEOUT)
+                    .map_err(|err| err.to_string())
+            });
+            Some(Server::start(listener, source)?)
+        }
+        None => None,
+    };
     let config_path = config_path.to_path_buf();
     let live_control = control.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || handle_signals(&signals, &control, &config_path))
         .context("cannot start the signal thread")?;
-    let live = LiveLine::start(move || live_control.status(Duration::from_millis(400)));
+    let live = LiveLine::start(move || live_control.status(Duration::from_millis(400)).ok());
     let outcome = dispatcher.wait()?;
     drop(live);
     let summary = match outcome {
@@ -263,10 +304,42 @@ fn current_report(config: &Config) -> StatusReport {
     StatusReport::read_live_snapshot(&state).unwrap_or_else(|| StatusReport::from_registry(config))
 }
 
+/// How long an HTTP request waits for the core's report: below Prometheus' default scrape
+/// timeout (10 s), so a stuck core shows as a 503 rather than a scrape timeout.
+const HTTP_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `--url` waits for the whole exchange with a remote dispatcher.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `path` from the dispatcher endpoint at `base` (http://HOST:PORT), as text.
+fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(REMOTE_TIMEOUT))
+        .build()
+        .into();
+    agent
+        .get(&url)
+        .call()
+        .and_then(|mut response| response.body_mut().read_to_string())
+        .with_context(|| format!("cannot reach {url}"))
+}
+
+fn remote_status(base: &str, json: bool) -> anyhow::Result<u8> {
+    let text = fetch(base, "/status")?;
+    let report: StatusReport = serde_json::from_str(&text).with_context(|| {
+        format!("cannot reach {base}: /status did not answer a dispatcher status document")
+    })?;
+    print_status(&report, json)
+}
+
 fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
-    let report = current_report(config);
+    print_status(&current_report(config), json)
+}
+
+fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<u8> {
     if json {
-        let text = serde_json::to_string_pretty(&report).context("cannot encode status")?;
+        let text = serde_json::to_string_pretty(report).context("cannot encode status")?;
         emit(&format!("{text}\n"))?;
     } else {
         emit(&report.render())?;

@@ -24,6 +24,8 @@ pub enum DispatchError {
     NotRunning,
     #[error("the core thread panicked")]
     CorePanicked,
+    #[error("the core did not answer within {0:?}")]
+    Busy(Duration),
     #[error("cannot start a dispatcher thread: {0}")]
     Thread(std::io::Error),
 }
@@ -65,14 +67,29 @@ impl ControlHandle {
         let _ = self.control.send(Control::Reload(Box::new(config)));
     }
 
-    /// The core's status report, or `None` if it does not answer within `timeout` (it is
-    /// busy or gone).
-    pub fn status(&self, timeout: Duration) -> Option<StatusReport> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.control.send(Control::Status(reply)).ok()?;
-        answer.recv_timeout(timeout).ok()
+    /// The same report as `dispatcher status --json`, answered by the core, for threads
+    /// other than the embedder's (the HTTP endpoint). Gives up after `timeout` so that a
+    /// busy core cannot pile up waiting clients.
+    pub fn status(&self, timeout: Duration) -> Result<StatusReport, DispatchError> {
+        ask_status(&self.control, timeout)
     }
 }
+
+/// Sends `Control::Status` with its own reply channel and waits up to `timeout` for it.
+fn ask_status(control: &Sender<Control>, timeout: Duration) -> Result<StatusReport, DispatchError> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    control
+        .send(Control::Status(reply))
+        .map_err(|_| DispatchError::NotRunning)?;
+    answer.recv_timeout(timeout).map_err(|err| match err {
+        crossbeam_channel::RecvTimeoutError::Timeout => DispatchError::Busy(timeout),
+        crossbeam_channel::RecvTimeoutError::Disconnected => DispatchError::NotRunning,
+    })
+}
+
+/// How long `Dispatcher::status` waits for the core: it answers between two events, so
+/// anything near this means the core is stuck.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(config: Config) -> Dispatcher {
@@ -135,12 +152,7 @@ impl Dispatcher {
     /// The same report as `dispatcher status --json`, answered by the core itself.
     pub fn status(&self) -> Result<StatusReport, DispatchError> {
         let started = self.started.as_ref().ok_or(DispatchError::NotRunning)?;
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        started
-            .control
-            .send(Control::Status(reply))
-            .map_err(|_| DispatchError::NotRunning)?;
-        answer.recv().map_err(|_| DispatchError::NotRunning)
+        ask_status(&started.control, STATUS_TIMEOUT)
     }
 
     /// Drains: no new tasks; running runners get up to `timeout` to finish, then are

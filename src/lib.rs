@@ -12,6 +12,7 @@ pub mod core;
 pub mod deadlock;
 pub mod dispatcher;
 pub mod fsutil;
+pub mod http;
 pub mod launch_pool;
 pub mod launcher;
 pub mod live;

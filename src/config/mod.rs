@@ -6,6 +6,7 @@ mod tree;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct Config {
     pub metrics_textfile: Option<PathBuf>,
     /// `[notifications]`: the webhook and what to send it.
     pub notifications: Option<crate::notify::NotifySettings>,
+    /// `[metrics] listen`: where a running dispatcher serves `/metrics`, `/status` and
+    /// `/healthz` over HTTP.
+    pub metrics_listen: Option<SocketAddr>,
     /// The directory relative paths were resolved against: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -274,7 +278,7 @@ const SECTIONS: &[&str] = &[
     "notifications",
 ];
 const NOTIFICATION_KEYS: &[&str] = &["webhook_url", "events", "timeout", "max_attempts", "queue"];
-const METRICS_KEYS: &[&str] = &["textfile"];
+const METRICS_KEYS: &[&str] = &["textfile", "listen"];
 const DISPATCHER_KEYS: &[&str] = &[
     "poll_interval",
     "scheduling_policy",
@@ -361,6 +365,7 @@ impl Config {
             fair_share_weights: BTreeMap::new(),
             metrics_textfile: None,
             notifications: None,
+            metrics_listen: None,
             deadlock: DeadlockSettings {
                 enabled: true,
                 check_interval: Duration::from_secs(60),
@@ -453,6 +458,14 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
         table.deny_unknown(METRICS_KEYS)?;
         if let Some(item) = table.get("textfile") {
             config.metrics_textfile = Some(path_value(&item, base_dir)?);
+        }
+        if let Some(item) = table.get("listen") {
+            // A host name would need a resolver and could name several addresses; the
+            // endpoint binds exactly one, so the key takes an IP address and a port.
+            let addr = item.str()?.parse::<SocketAddr>().map_err(|_| {
+                item.problem("must be an IP address and port, like \"127.0.0.1:9464\"")
+            })?;
+            config.metrics_listen = Some(addr);
         }
     }
     if let Some(section) = root.get("fair_share") {
@@ -996,6 +1009,19 @@ mod tests {
             "{rendered}"
         );
         rendered
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address_and_port() {
+        let config = parse_ok("[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(parse_ok("").metrics_listen, None);
+        let err = parse_err("[metrics]\n\nlisten = \"localhost\"\n", 3);
+        assert!(err.contains("metrics.listen"), "{err}");
+        assert!(err.contains("IP address and port"), "{err}");
     }
 
     fn secs(n: u64) -> Duration {
