@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+use dispatcher::authoring::{self, Created, NewTask};
 use dispatcher::config::Config;
 use dispatcher::control::{self, Cancelled};
 use dispatcher::deadlock::{self, Finding};
 use dispatcher::http::{ReportSource, Server};
 use dispatcher::live::LiveLine;
-use dispatcher::registry::{EventLog, Registry};
+use dispatcher::registry::{EventLog, Registry, TaskState};
 use dispatcher::slots::{self, SlotManager};
 use dispatcher::statedir::StateDir;
 use dispatcher::status::StatusReport;
@@ -60,6 +61,12 @@ enum Command {
         /// (http://HOST:PORT) instead of reading this state dir.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// Redraw the status every --interval until Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often --watch redraws (90s, 500ms, 2s…).
+        #[arg(long, default_value = "2s", value_parser = parse_interval, requires = "watch")]
+        interval: Duration,
     },
     /// Switch a pool on or off: a disabled pool takes no new tasks; running ones finish.
     ///
@@ -117,6 +124,61 @@ enum Command {
         #[command(subcommand)]
         action: Option<SlotsAction>,
     },
+    /// Add one task to a spec, creating the spec's taskset when it has none.
+    ///
+    /// The task is ready when all its --after tasks are done, else blocked.
+    Add(AddArgs),
+    /// Add the tasks of a .toml, .json or Kiro-style tasks.md file (see the README).
+    ///
+    /// Everything is checked first (names, duplicate ids, unknown dependencies, cycles);
+    /// when anything is wrong, each problem is reported with its line and nothing is written.
+    Import {
+        /// The file; its extension picks the format.
+        file: PathBuf,
+        /// The spec to add to [default: the file's `spec`, or a tasks.md's directory name].
+        #[arg(long)]
+        spec: Option<String>,
+    },
+    /// List tasks: SPEC, ID, STATE, PRIORITY, SKILL, DEPENDS, TITLE.
+    Tasks {
+        /// Only this spec's tasks.
+        #[arg(long)]
+        spec: Option<String>,
+        /// Only tasks in this state.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<TaskState>,
+        /// Print a JSON array of tasks.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) generated from this help.
+    Man,
+}
+
+#[derive(clap::Args, Debug)]
+struct AddArgs {
+    /// The spec to add the task to.
+    spec: String,
+    /// The new task's id (unique in the spec).
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    title: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// The skill that routes it to a pool (see skill_mapping in the config).
+    #[arg(long)]
+    skill: Option<String>,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i64,
+    /// Ids of tasks it waits for.
+    #[arg(long, num_args = 1..)]
+    after: Vec<String>,
+    /// The repository it runs in (metadata.repo_name).
+    #[arg(long)]
+    repo: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +204,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
         Command::Status {
             json,
             url: Some(url),
+            ..
         } => return remote_status(url, *json),
         Command::Metrics { url: Some(url) } => {
             emit(&fetch(url, "/metrics")?)?;
@@ -153,6 +216,12 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    // These describe the command line itself: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man_page(),
+        _ => {}
+    }
     let config = load_config(&config_path, cli.config.is_some())?;
     match &cli.command {
         Command::Run { until_idle } => run(config, &config_path, *until_idle),
@@ -195,6 +264,11 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             emit(&format!("{spec}/{id}: {text}\n"))?;
             Ok(0)
         }
+        Command::Status {
+            watch: true,
+            interval,
+            ..
+        } => status_watch(&config, *interval),
         Command::Status { json, .. } => status(&config, *json),
         Command::Metrics { .. } => {
             emit(&dispatcher::metrics::render(&current_report(&config)))?;
@@ -205,6 +279,11 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             None => slots_list(&config, *json),
             Some(SlotsAction::Sync) => slots_sync(&config),
         },
+        Command::Add(args) => add(&config, args),
+        Command::Import { file, spec } => import(&config, file, spec.as_deref()),
+        Command::Tasks { spec, state, json } => tasks(&config, spec.as_deref(), *state, *json),
+        Command::Completions { shell } => completions(*shell),
+        Command::Man => man_page(),
     }
 }
 
@@ -408,6 +487,145 @@ fn slots_sync(config: &Config) -> anyhow::Result<u8> {
         text.push('\n');
     }
     emit(&text)?;
+    Ok(0)
+}
+
+// ----- authoring and shell integration -------------------------------------------------------
+
+fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
+    let (registry, events) = registry_and_events(config);
+    let task = NewTask {
+        id: args.id.clone(),
+        title: args.title.clone(),
+        description: args.description.clone(),
+        skill: args.skill.clone(),
+        priority: args.priority,
+        after: args.after.clone(),
+        repo: args.repo.clone(),
+        ..NewTask::default()
+    };
+    let created = authoring::create_tasks(&registry, &events, &args.spec, &[task], "add")?;
+    emit(&created_text(&created))?;
+    Ok(0)
+}
+
+fn import(config: &Config, file: &Path, spec: Option<&str>) -> anyhow::Result<u8> {
+    let parsed = authoring::read_import(file)?;
+    let source = file.display().to_string();
+    let spec = match (spec, parsed.spec.as_deref()) {
+        (Some(given), Some(named)) if given != named => {
+            anyhow::bail!("{source} names spec {named:?} but --spec says {given:?}")
+        }
+        (Some(spec), _) | (None, Some(spec)) => spec.to_owned(),
+        // Kiro keeps a spec's plan in .kiro/specs/<spec>/tasks.md.
+        (None, None) => file
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_owned))
+            .filter(|_| file.extension().is_some_and(|e| e == "md"))
+            .with_context(|| format!("{source} names no spec: pass --spec"))?,
+    };
+    let (registry, events) = registry_and_events(config);
+    let created = authoring::create_tasks(&registry, &events, &spec, &parsed.tasks, &source)?;
+    emit(&created_text(&created))?;
+    Ok(0)
+}
+
+fn created_text(created: &Created) -> String {
+    let mut text = String::new();
+    if created.new_spec {
+        text.push_str(&format!("{}: new spec\n", created.spec));
+    }
+    for (id, state) in &created.tasks {
+        text.push_str(&format!("{}/{id}: added ({state})\n", created.spec));
+    }
+    text
+}
+
+fn tasks(
+    config: &Config,
+    spec: Option<&str>,
+    state: Option<TaskState>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let registry = Registry::new(&config.task_registry.dir);
+    let specs = match spec {
+        Some(spec) => vec![spec.to_owned()],
+        None => registry.list_specs()?,
+    };
+    let mut rows = Vec::new();
+    for name in &specs {
+        match registry.load(name) {
+            Ok(taskset) => rows.extend(authoring::rows(&taskset, state)),
+            // One broken taskset must not hide the others' tasks; a named one is an error.
+            Err(err) if spec.is_none() => log::warn!("skipping spec {name}: {err}"),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&rows).context("cannot encode the tasks")?;
+        emit(&format!("{text}\n"))?;
+    } else {
+        emit(&authoring::render_rows(&rows))?;
+    }
+    Ok(0)
+}
+
+fn parse_state(text: &str) -> Result<TaskState, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("unknown state {text:?} (ready, running, blocked, done, failed)"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = dispatcher::config::parse_duration(text)?;
+    if interval.is_zero() {
+        return Err("the interval must be longer than zero".into());
+    }
+    Ok(interval)
+}
+
+/// Redraws the human status until Ctrl-C, whose default action ends the process: there is
+/// nothing to clean up, so no handler and a plain sleep suffice. On a terminal the screen is
+/// cleared; into a pipe or file each refresh follows a separator line instead.
+fn status_watch(config: &Config, interval: Duration) -> anyhow::Result<u8> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        let body = current_report(config).render();
+        let frame = if terminal {
+            format!("\x1b[H\x1b[2J{body}")
+        } else if first {
+            body
+        } else {
+            format!("----\n{body}")
+        };
+        first = false;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(frame.as_bytes()).and_then(|()| out.flush()) {
+            // The reader went away (`status --watch | head`): that ends the watch.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(err) => return Err(err).context("cannot write to stdout"),
+            Ok(()) => {}
+        }
+        drop(out);
+        std::thread::sleep(interval);
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<u8> {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "dispatcher", &mut buf);
+    emit(&String::from_utf8_lossy(&buf))?;
+    Ok(0)
+}
+
+fn man_page() -> anyhow::Result<u8> {
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut buf)
+        .context("cannot render the man page")?;
+    emit(&String::from_utf8_lossy(&buf))?;
     Ok(0)
 }
 

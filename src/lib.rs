@@ -6,6 +6,7 @@
 //! Threads: the registry monitor ([`monitor`]) and the runner watchdog ([`watchdog`]) send
 //! messages to the core ([`core`]), which alone owns the scheduling state.
 
+pub mod authoring;
 pub mod config;
 pub mod control;
 pub mod core;
