@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use dispatcher::authoring::{self, Created, NewTask};
 use dispatcher::config::Config;
@@ -20,6 +20,8 @@ use dispatcher::statedir::StateDir;
 use dispatcher::status::StatusReport;
 use dispatcher::sys::SignalSet;
 use dispatcher::{ControlHandle, Dispatcher, RunOutcome};
+
+mod events_cmd;
 
 /// A configuration, lock or I/O error.
 pub const EXIT_ERROR: u8 = 1;
@@ -155,6 +157,35 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) generated from this help.
     Man,
+    /// Print the events of every spec (NecroCode's and ours) and the dispatcher's own, merged
+    /// in time order; malformed lines are reported on stderr and skipped.
+    Events {
+        /// Only this spec's events.
+        #[arg(long)]
+        spec: Option<String>,
+        /// Only the events of this task id.
+        #[arg(long)]
+        task: Option<String>,
+        /// Keep printing new events as they are appended, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Print each event as its JSON line, unchanged.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the dependency graph: an edge from each dependency to its dependent, nodes
+    /// filled by state, cycles in red, missing dependencies dashed.
+    Graph {
+        /// Only this spec (default: every spec, one cluster each).
+        #[arg(long)]
+        spec: Option<String>,
+        /// The text format to print.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Render to FILE.svg or FILE.png with Graphviz's `dot` instead of printing.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +210,12 @@ struct AddArgs {
     /// The repository it runs in (metadata.repo_name).
     #[arg(long)]
     repo: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +321,17 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
         Command::Tasks { spec, state, json } => tasks(&config, spec.as_deref(), *state, *json),
         Command::Completions { shell } => completions(*shell),
         Command::Man => man_page(),
+        Command::Events {
+            spec,
+            task,
+            follow,
+            json,
+        } => events_cmd::events(&config, spec, task, *follow, *json),
+        Command::Graph {
+            spec,
+            format,
+            output,
+        } => events_cmd::graph(&config, spec.as_deref(), *format, output.as_deref()),
     }
 }
 
