@@ -95,3 +95,56 @@ fn slots_sync_creates_the_pool_and_slots_lists_it() {
         "{stdout}"
     );
 }
+
+/// On a terminal `run` redraws a live line; `script(1)` (util-linux) gives it a real pty.
+/// Redirected, the same run writes the log alone.
+#[test]
+fn run_on_a_terminal_shows_the_live_line_and_redirected_output_does_not() {
+    let setup = || {
+        let env = Env::new();
+        let ledger = env.path().join("ledger");
+        env.config(
+            "",
+            &format!(
+                "[agent_pools.local]\nmax_concurrency = 1\ncommand = [\"{}\", \"{{task_id}}\", \"local\"]\nenv = {{ LEDGER = \"{}\", SLEEP = \"1.2\" }}\n\n[skill_mapping]\ndefault = [\"local\"]\n",
+                runner("record.sh"),
+                ledger.display()
+            ),
+        );
+        env.taskset("s", &[json!({"id": "a"}), json!({"id": "b"})]);
+        env
+    };
+
+    let redirected = setup();
+    let (status, log) = redirected.run_until_idle();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("queued") && !log.contains('\u{1b}'), "{log}");
+
+    let Ok(script) = which("script") else {
+        eprintln!("script(1) is not installed: skipping the terminal half");
+        return;
+    };
+    let terminal = setup();
+    let out = std::process::Command::new(script)
+        .args(["-qefc", &format!("{BIN} run --until-idle"), "/dev/null"])
+        .current_dir(terminal.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run under script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("running 1 · queued 1") && screen.contains("│ local 1/1"),
+        "the live line with the queue and the pool's load:\n{screen}"
+    );
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
