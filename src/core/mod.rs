@@ -124,6 +124,20 @@ struct PoolRuntime {
     switched_off: bool,
 }
 
+impl PoolRuntime {
+    /// A pool with nothing running in it.
+    fn idle(name: &str) -> PoolRuntime {
+        PoolRuntime {
+            name: name.to_string(),
+            running: 0,
+            cpu_used: 0.0,
+            memory_used_mb: 0,
+            quota_blocked: false,
+            switched_off: false,
+        }
+    }
+}
+
 struct SpecState {
     /// The last readable version (kept while the file is broken so running tasks finish).
     taskset: Option<Arc<Taskset>>,
@@ -268,14 +282,7 @@ impl Core {
         let pools: Vec<PoolRuntime> = config
             .agent_pools
             .keys()
-            .map(|name| PoolRuntime {
-                name: name.clone(),
-                running: 0,
-                cpu_used: 0.0,
-                memory_used_mb: 0,
-                quota_blocked: false,
-                switched_off: false,
-            })
+            .map(|name| PoolRuntime::idle(name))
             .collect();
         let heartbeat = config.dispatcher.heartbeat_timeout;
         Core {

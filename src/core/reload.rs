@@ -57,14 +57,7 @@ impl Core {
                     quota_blocked: false,
                     switched_off: p.switched_off,
                 },
-                None => PoolRuntime {
-                    name: name.clone(),
-                    running: 0,
-                    cpu_used: 0.0,
-                    memory_used_mb: 0,
-                    quota_blocked: false,
-                    switched_off: false,
-                },
+                None => PoolRuntime::idle(name),
             })
             .collect();
         // Places held by running tasks and picks move to their pool's new index.
