@@ -248,10 +248,24 @@ pub struct PoolOverrides {
 impl PoolOverrides {
     /// The overrides in effect (none when the file is missing or unreadable).
     pub fn read(state: &StateDir) -> PoolOverrides {
-        std::fs::read(state.pool_overrides_path())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        let path = state.pool_overrides_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return PoolOverrides::default()
+            }
+            Err(err) => {
+                log::warn!(
+                    "cannot read {}: {err}; no pool is switched off",
+                    path.display()
+                );
+                return PoolOverrides::default();
+            }
+        };
+        serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            log::warn!("invalid {}: {err}; no pool is switched off", path.display());
+            PoolOverrides::default()
+        })
     }
 }
 

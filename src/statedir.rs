@@ -32,6 +32,9 @@ pub enum StateDirError {
     Busy { pid: String, path: PathBuf },
 }
 
+/// How long taking the instance lock waits for a probe to let go of it.
+const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Held while the dispatcher runs; dropping it releases the state directory.
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -107,7 +110,13 @@ impl StateDir {
         };
         fs::create_dir_all(&self.root).map_err(io)?;
         let path = self.lock_path();
-        match FileLock::try_acquire(&path).map_err(io)? {
+        // `status`, `cancel` and a takeover check probe this lock for an instant; a dispatcher
+        // starting in that instant waits it out rather than report a busy state dir.
+        let mut held = FileLock::acquire(&path, PROBE_PATIENCE).map(Some);
+        if matches!(&held, Err(err) if err.kind() == std::io::ErrorKind::TimedOut) {
+            held = Ok(None);
+        }
+        match held.map_err(io)? {
             Some(lock) => {
                 let mut file = lock.file();
                 file.set_len(0).map_err(io)?;

@@ -825,6 +825,21 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         if let Some(item) = resources.get("memory_mb") {
             default_memory_mb = item.integer(0)?;
         }
+        // A default that can never fit would hold every task of the pool back for good.
+        if cpu_quota.is_some_and(|quota| default_cpu > quota) {
+            return Err(section.problem(format!(
+                "cpu = {default_cpu} is more than the pool's cpu_quota: no task could ever start"
+            )));
+        }
+        if memory_quota_mb.is_some_and(|quota| default_memory_mb > quota) {
+            return Err(section.problem(format!(
+                "memory_mb = {default_memory_mb} is more than the pool's memory_quota: no task could ever start"
+            )));
+        }
+    } else if cpu_quota.is_some_and(|quota| default_cpu > quota) {
+        return Err(section.problem(format!(
+            "cpu_quota is below the default request of {default_cpu} CPU: set default_resources"
+        )));
     }
     Ok(PoolConfig {
         kind,

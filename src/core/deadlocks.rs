@@ -24,6 +24,25 @@ impl Core {
             return;
         }
         self.last_deadlock_check = Some(Instant::now());
+        // Claims of other dispatchers are re-examined on the same beat: an owner that died
+        // while its taskset stayed quiet is otherwise never noticed.
+        let foreign: Vec<String> = self
+            .specs
+            .iter()
+            .filter(|(_, s)| s.error.is_none())
+            .filter(|(_, s)| {
+                s.taskset.as_ref().is_some_and(|ts| {
+                    ts.tasks.iter().any(|t| {
+                        t.state == crate::registry::TaskState::Running
+                            && t.dispatcher_meta().owner.as_deref() != Some(&self.owner)
+                    })
+                })
+            })
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        for spec in foreign {
+            self.requeue_spec(&spec);
+        }
         let findings = self.current_findings();
         for finding in self.announced.update(&findings) {
             self.counters.deadlocks_detected += 1;

@@ -158,6 +158,8 @@ impl Core {
                     self.take_place(pool, run.resources);
                 }
                 self.running.insert(runner_id, run);
+                // A cancel asked for while no dispatcher watched it applies now.
+                self.honour_cancel(key, task);
             }
             Liveness::Exited(exit) => {
                 log::info!(
