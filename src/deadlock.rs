@@ -4,7 +4,8 @@
 //! A task that is `ready` or `blocked` waits on its dependencies. The graph has an edge from
 //! each waiting task to each dependency that is neither `done` nor `failed`. A waiting task
 //! can never run when it has a root cause of its own (a dependency that failed or does not
-//! exist, a skill no enabled pool serves, a place on a dependency cycle) or when one of its
+//! exist, a skill no enabled pool serves, a resource request larger than the quota of every
+//! enabled pool that serves it, a place on a dependency cycle) or when one of its
 //! dependencies can never run ([`Finding::BlockedBehind`]). A `running` task already has its
 //! runner, so its own dependencies and skill no longer matter: it has no edges and is never
 //! stuck, and the tasks waiting on it are not stuck because of it.
@@ -17,8 +18,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, PoolConfig};
 use crate::registry::{Event, Task, TaskState, Taskset};
+use crate::scheduler::{Request, Resources};
 
 /// The event type appended to the registry when a finding is first seen.
 pub const EVENT_TYPE: &str = "DeadlockDetected";
@@ -52,6 +54,15 @@ pub enum Finding {
         #[serde(default)]
         disabled_pools: Vec<String>,
     },
+    /// Enabled pools serve the task's skill, but its resource request
+    /// (`metadata.resources`) is more than the quota of each of them allows even when idle.
+    /// `detail` says by how much, pool by pool.
+    OverQuota {
+        spec: String,
+        task_id: String,
+        pools: Vec<String>,
+        detail: String,
+    },
     /// `task_id` has no problem of its own but waits on `blocker`, a dependency that can
     /// never run (itself explained by another finding).
     BlockedBehind {
@@ -71,6 +82,7 @@ impl Finding {
             Finding::FailedDependency { .. } => "failed_dependency",
             Finding::MissingDependency { .. } => "missing_dependency",
             Finding::NoPool { .. } => "no_pool",
+            Finding::OverQuota { .. } => "over_quota",
             Finding::BlockedBehind { .. } => "blocked_behind",
             Finding::Unreadable { .. } => "unreadable",
         }
@@ -82,6 +94,7 @@ impl Finding {
             | Finding::FailedDependency { spec, .. }
             | Finding::MissingDependency { spec, .. }
             | Finding::NoPool { spec, .. }
+            | Finding::OverQuota { spec, .. }
             | Finding::BlockedBehind { spec, .. }
             | Finding::Unreadable { spec, .. } => spec,
         }
@@ -93,6 +106,7 @@ impl Finding {
             Finding::FailedDependency { task_id, .. }
             | Finding::MissingDependency { task_id, .. }
             | Finding::NoPool { task_id, .. }
+            | Finding::OverQuota { task_id, .. }
             | Finding::BlockedBehind { task_id, .. } => Some(task_id),
             Finding::Cycle { .. } | Finding::Unreadable { .. } => None,
         }
@@ -139,6 +153,12 @@ impl Finding {
                 };
                 format!("{spec}/{task_id} {needs} {joint} no enabled pool serves it{disabled}")
             }
+            Finding::OverQuota {
+                spec,
+                task_id,
+                detail,
+                ..
+            } => format!("{spec}/{task_id} asks for more than any serving pool's quota: {detail}"),
             Finding::BlockedBehind {
                 spec,
                 task_id,
@@ -173,28 +193,71 @@ pub enum Service {
     Served,
     /// No enabled pool takes them; these disabled pools would (empty: no pool is configured).
     Unserved { disabled_pools: Vec<String> },
+    /// Enabled pools take them, but the request exceeds each one's quota (see
+    /// [`Finding::OverQuota`]).
+    OverQuota { pools: Vec<String>, detail: String },
 }
 
+/// How a skill and a resource request are served; see [`service_in`].
+pub type ServiceFn<'a> = dyn Fn(Option<&str>, Option<Request>) -> Service + 'a;
+
 /// Routing by skill as `config` defines it ([`Config::pools_for_skill`]), with `enabled`
-/// saying which pools take tasks (the config's own flags, or the live state of a dispatcher).
+/// saying which pools take tasks (the config's own flags, or the live state of a dispatcher),
+/// and each pool's quotas checked against the request as that pool would count it.
 pub fn service_in<'a>(
     config: &'a Config,
     enabled: impl Fn(&str) -> bool + 'a,
-) -> impl Fn(Option<&str>) -> Service + 'a {
-    move |skill| {
+) -> impl Fn(Option<&str>, Option<Request>) -> Service + 'a {
+    move |skill, request| {
         let pools = config.pools_for_skill(skill);
-        if pools.iter().any(|pool| enabled(pool)) {
-            Service::Served
-        } else {
-            Service::Unserved {
+        let serving: Vec<&str> = pools.iter().copied().filter(|pool| enabled(pool)).collect();
+        if serving.is_empty() {
+            return Service::Unserved {
                 disabled_pools: pools.into_iter().map(str::to_owned).collect(),
+            };
+        }
+        let mut shortfalls = Vec::with_capacity(serving.len());
+        for name in &serving {
+            match quota_shortfall(&config.agent_pools[*name], request) {
+                None => return Service::Served,
+                Some(why) => shortfalls.push(format!("{why} in pool {name}")),
             }
+        }
+        Service::OverQuota {
+            pools: serving.into_iter().map(str::to_owned).collect(),
+            detail: shortfalls.join("; "),
         }
     }
 }
 
+/// Why `request` could not start in `pool` even with nothing else running; `None` if it can.
+pub(crate) fn quota_shortfall(pool: &PoolConfig, request: Option<Request>) -> Option<String> {
+    let default = Resources {
+        cpu: pool.default_cpu,
+        memory_mb: pool.default_memory_mb,
+    };
+    let asked = request.map_or(default, |r| r.or(default));
+    let mut why = Vec::new();
+    // The same tolerance as the planner's quota check.
+    if let Some(quota) = pool.cpu_quota.filter(|quota| asked.cpu > quota + 1e-9) {
+        why.push(format!("cpu {} > cpu_quota {quota}", asked.cpu));
+    }
+    if let Some(quota) = pool
+        .memory_quota_mb
+        .filter(|quota| asked.memory_mb > *quota)
+    {
+        why.push(format!(
+            "memory {} MiB > memory_quota {quota} MiB",
+            asked.memory_mb
+        ));
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
 /// [`service_in`] with the `enabled` flags written in the config.
-pub fn configured_service(config: &Config) -> impl Fn(Option<&str>) -> Service + '_ {
+pub fn configured_service(
+    config: &Config,
+) -> impl Fn(Option<&str>, Option<Request>) -> Service + '_ {
     service_in(config, |pool| {
         config.agent_pools.get(pool).is_some_and(|p| p.enabled)
     })
@@ -202,9 +265,9 @@ pub fn configured_service(config: &Config) -> impl Fn(Option<&str>) -> Service +
 
 /// Every reason why waiting tasks of `taskset` can never run: cycles first (in the file order
 /// of their smallest task id), then each task's own root causes in file order, then the
-/// tasks blocked behind them. `service` tells which skills an enabled pool serves. Linear in
-/// tasks plus dependencies.
-pub fn analyze(taskset: &Taskset, service: &dyn Fn(Option<&str>) -> Service) -> Vec<Finding> {
+/// tasks blocked behind them. `service` tells whether an enabled pool serves a skill and has
+/// room for a request. Linear in tasks plus dependencies.
+pub fn analyze(taskset: &Taskset, service: &ServiceFn) -> Vec<Finding> {
     let spec = taskset.spec_name.as_str();
     let tasks = &taskset.tasks;
     let index: HashMap<&str, usize> = tasks
@@ -218,7 +281,10 @@ pub fn analyze(taskset: &Taskset, service: &dyn Fn(Option<&str>) -> Service) -> 
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
     let mut causes: Vec<Finding> = Vec::new();
     let mut doomed = vec![false; tasks.len()];
-    let mut services: HashMap<Option<&str>, Service> = HashMap::new();
+    // Keyed by skill and request (CPU as bits: requests are copied from the file, not
+    // computed, so equal ones have equal bits).
+    type ServiceKey<'t> = (Option<&'t str>, Option<(Option<u64>, Option<u64>)>);
+    let mut services: HashMap<ServiceKey, Service> = HashMap::new();
     // A dependency listed twice is reported and followed once. `listed_by[j] == i` once task
     // i has named task j (no set per task); missing ones are remembered by name.
     let mut listed_by = vec![usize::MAX; tasks.len()];
@@ -257,14 +323,28 @@ pub fn analyze(taskset: &Taskset, service: &dyn Fn(Option<&str>) -> Service) -> 
             }
         }
         let skill = task.required_skill.as_deref();
-        let verdict = services.entry(skill).or_insert_with(|| service(skill));
-        if let Service::Unserved { disabled_pools } = verdict {
-            causes.push(Finding::NoPool {
+        let request = Request::of_task(task);
+        let key = (
+            skill,
+            request.map(|r| (r.cpu.map(f64::to_bits), r.memory_mb)),
+        );
+        let verdict = services
+            .entry(key)
+            .or_insert_with(|| service(skill, request));
+        match verdict {
+            Service::Served => {}
+            Service::Unserved { disabled_pools } => causes.push(Finding::NoPool {
                 spec: spec.to_owned(),
                 task_id: task.id.clone(),
                 required_skill: task.required_skill.clone(),
                 disabled_pools: disabled_pools.clone(),
-            });
+            }),
+            Service::OverQuota { pools, detail } => causes.push(Finding::OverQuota {
+                spec: spec.to_owned(),
+                task_id: task.id.clone(),
+                pools: pools.clone(),
+                detail: detail.clone(),
+            }),
         }
         doomed[i] = causes.len() > before;
     }
@@ -468,7 +548,7 @@ mod tests {
         .unwrap()
     }
 
-    fn served(_: Option<&str>) -> Service {
+    fn served(_: Option<&str>, _: Option<Request>) -> Service {
         Service::Served
     }
 
@@ -673,12 +753,64 @@ mod tests {
 
         // The live state can enable what the file disabled.
         let live = service_in(&config, |pool| pool != "backend");
-        assert_eq!(live(Some("gpu")), Service::Served);
+        assert_eq!(live(Some("gpu"), None), Service::Served);
         assert_eq!(
-            live(Some("backend")),
+            live(Some("backend"), None),
             Service::Unserved {
                 disabled_pools: vec!["backend".into()]
             }
+        );
+    }
+
+    #[test]
+    fn request_above_every_serving_quota_is_reported_with_its_shortfall() {
+        let config = config(
+            "[agent_pools.small]\ncommand = [\"x\"]\ncpu_quota = 2\nmemory_quota = \"1GiB\"\n\
+             [agent_pools.big]\ncommand = [\"x\"]\ncpu_quota = 8\nenabled = false\n\
+             [skill_mapping]\nbuild = [\"small\", \"big\"]\n",
+        );
+        let mut ts = taskset(&[
+            ("1", "ready", &[]),
+            ("2", "ready", &[]),
+            ("3", "blocked", &["2"]),
+        ]);
+        for task in &mut ts.tasks {
+            task.required_skill = Some("build".into());
+        }
+        ts.tasks[0].metadata.insert(
+            "resources".into(),
+            serde_json::json!({"cpu": 2, "memory_mb": 1024}),
+        );
+        ts.tasks[1].metadata.insert(
+            "resources".into(),
+            serde_json::json!({"cpu": 4, "memory_mb": 2048}),
+        );
+        // Exactly at the quota fits; above it, the disabled bigger pool does not help.
+        let findings = analyze(&ts, &configured_service(&config));
+        assert_eq!(
+            findings,
+            [
+                Finding::OverQuota {
+                    spec: "chat-app".into(),
+                    task_id: "2".into(),
+                    pools: vec!["small".into()],
+                    detail: "cpu 4 > cpu_quota 2, memory 2048 MiB > memory_quota 1024 MiB \
+                             in pool small"
+                        .into(),
+                },
+                behind("3", "2"),
+            ]
+        );
+        assert_eq!(findings[0].kind(), "over_quota");
+        assert!(findings[0].describe().starts_with(
+            "chat-app/2 asks for more than any serving pool's quota: cpu 4 > cpu_quota 2"
+        ));
+
+        // Once the big pool serves, the CPU request fits there.
+        let live = service_in(&config, |_| true);
+        assert_eq!(
+            live(Some("build"), Request::of_task(&ts.tasks[1])),
+            Service::Served
         );
     }
 

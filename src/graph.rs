@@ -41,7 +41,7 @@ pub struct SpecGraph {
 impl SpecGraph {
     pub fn new(taskset: Taskset) -> SpecGraph {
         // Only cycles matter here, and they do not depend on routing: call every skill served.
-        let findings = deadlock::analyze(&taskset, &|_| Service::Served);
+        let findings = deadlock::analyze(&taskset, &|_, _| Service::Served);
         let mut cycle_nodes = HashSet::new();
         let mut cycle_edges = HashSet::new();
         for finding in findings {

@@ -238,3 +238,49 @@ fn offline_status_lists_the_same_findings_as_check() {
         ]
     );
 }
+
+#[test]
+fn request_larger_than_every_serving_quota_is_reported_and_until_idle_exits_4() {
+    let env = Env::new();
+    env.config(
+        "",
+        "[agent_pools.backend]\ncommand = [\"true\"]\ncpu_quota = 2\nmemory_quota = \"512MiB\"\n\n\
+         [skill_mapping]\ndefault = [\"backend\"]\n",
+    )
+    .taskset(
+        "chat-app",
+        &[
+            json!({"id": "1", "state": "ready",
+                   "metadata": {"resources": {"cpu": 2, "memory_mb": 512}}}),
+            json!({"id": "2", "state": "ready", "metadata": {"resources": {"cpu": 3}}}),
+            json!({"id": "3", "state": "blocked", "dependencies": ["2"]}),
+        ],
+    );
+    let (code, findings) = check_json(&env);
+    assert_eq!(code, Some(4));
+    assert_eq!(
+        findings,
+        json!([
+            {"kind": "over_quota", "spec": "chat-app", "task_id": "2", "pools": ["backend"],
+             "detail": "cpu 3 > cpu_quota 2 in pool backend"},
+            {"kind": "blocked_behind", "spec": "chat-app", "task_id": "3", "blocker": "2"},
+        ])
+    );
+
+    // `run --until-idle` runs what fits, then stops instead of waiting for room that can
+    // never come.
+    let (status, log) = env.run_until_idle();
+    assert_eq!(status.code(), Some(4), "log:\n{log}");
+    let taskset = env.read_taskset("chat-app");
+    let states: Vec<&str> = taskset["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["done", "ready", "blocked"], "log:\n{log}");
+    assert!(
+        log.contains("asks for more than any serving pool's quota: cpu 3 > cpu_quota 2"),
+        "the finding is logged:\n{log}"
+    );
+}

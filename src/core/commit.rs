@@ -14,7 +14,7 @@ use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
 use crate::registry::{Event, Task, TaskState, Taskset};
-use crate::scheduler::{self, PlanInput, PoolLoad, Resources, TaskKey};
+use crate::scheduler::{self, PlanInput, PoolLoad, Request, Resources, TaskKey};
 use crate::slots::Allocation;
 use crate::supervisor::{Exit, RunnerDir, StopReason};
 use crate::timefmt;
@@ -194,7 +194,7 @@ impl Core {
             };
             let resources = task
                 .as_ref()
-                .and_then(super::placement::requested_resources)
+                .and_then(Request::of_task)
                 .map_or(default, |r| r.or(default));
             self.take_place(pool, resources);
             let repo = task.as_ref().and_then(|t| self.repo_of(t));

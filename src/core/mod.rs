@@ -910,12 +910,23 @@ impl Core {
         Some(outcome)
     }
 
-    /// Whether the queue holds a task that some enabled pool could take, with a slot that
-    /// is free or may come free.
+    /// Whether the queue holds a task that some enabled pool could take (its request within
+    /// the pool's quotas), with a slot that is free or may come free.
     fn queue_has_servable_task(&self) -> bool {
-        self.queue.iter_needs().any(|(_, pools, repo)| {
-            let pool_open = pools.iter().any(|&p| self.pool_enabled(p));
-            pool_open && repo.is_none_or(|repo| self.slot_may_come(repo))
+        self.queue.entries().any(|(_, needs)| {
+            let pool_open = needs.pools.iter().any(|&p| {
+                self.pool_enabled(p)
+                    && crate::deadlock::quota_shortfall(
+                        &self.config.agent_pools[&self.pools[p].name],
+                        needs.resources,
+                    )
+                    .is_none()
+            });
+            pool_open
+                && needs
+                    .repo
+                    .as_deref()
+                    .is_none_or(|repo| self.slot_may_come(repo))
         })
     }
 

@@ -74,23 +74,6 @@ impl RetryWait {
     }
 }
 
-/// A task's own resource request, `metadata.resources = {cpu, memory_mb}`; a missing or
-/// unusable part takes the pool's default ([`Request::or`]).
-pub(super) fn requested_resources(task: &Task) -> Option<Request> {
-    let resources = task.metadata.get("resources")?.as_object()?;
-    let cpu = resources
-        .get("cpu")
-        .and_then(serde_json::Value::as_f64)
-        .filter(|cpu| cpu.is_finite() && *cpu >= 0.0);
-    let memory_mb = resources
-        .get("memory_mb")
-        .and_then(serde_json::Value::as_u64);
-    if cpu.is_none() && memory_mb.is_none() {
-        return None;
-    }
-    Some(Request { cpu, memory_mb })
-}
-
 /// What placing the tasks found that needs a registry write or a recovery.
 #[derive(Default)]
 struct Findings {
@@ -241,7 +224,7 @@ impl Core {
                 pools,
                 repo,
                 direct,
-                resources: requested_resources(task),
+                resources: Request::of_task(task),
             });
         }
     }

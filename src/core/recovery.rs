@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{Core, Finish, Running};
 use crate::registry::{Event, Task, TaskState};
-use crate::scheduler::{Resources, TaskKey};
+use crate::scheduler::{Request, Resources, TaskKey};
 use crate::statedir::StateDir;
 use crate::supervisor::{Exit, Liveness, RunnerDir};
 use crate::sys::{self, PidFd};
@@ -97,8 +97,7 @@ impl Core {
                 memory_mb: config.default_memory_mb,
             })
             .unwrap_or_default();
-        let resources =
-            super::placement::requested_resources(task).map_or(default, |r| r.or(default));
+        let resources = Request::of_task(task).map_or(default, |r| r.or(default));
         let mut run = Running {
             slot,
             resources,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 
 use crate::config::SchedulingPolicy;
+use crate::registry::Task;
 
 /// A task's identity across the registry.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,6 +78,23 @@ pub struct Request {
 }
 
 impl Request {
+    /// A task's own request, `metadata.resources = {cpu, memory_mb}`; a missing or unusable
+    /// part takes the pool's default ([`Request::or`]).
+    pub fn of_task(task: &Task) -> Option<Request> {
+        let resources = task.metadata.get("resources")?.as_object()?;
+        let cpu = resources
+            .get("cpu")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|cpu| cpu.is_finite() && *cpu >= 0.0);
+        let memory_mb = resources
+            .get("memory_mb")
+            .and_then(serde_json::Value::as_u64);
+        if cpu.is_none() && memory_mb.is_none() {
+            return None;
+        }
+        Some(Request { cpu, memory_mb })
+    }
+
     /// The request as a pool whose default is `default` counts it.
     pub fn or(self, default: Resources) -> Resources {
         Resources {
@@ -199,13 +217,6 @@ impl Queue {
     /// Tasks in the order they would be taken, with the pools that can serve them.
     pub fn iter(&self) -> impl Iterator<Item = (&TaskKey, &[usize])> {
         self.order.iter().map(|(p, needs)| (&p.key, &*needs.pools))
-    }
-
-    /// Tasks in order with everything they need: pools and a repository's slot.
-    pub fn iter_needs(&self) -> impl Iterator<Item = (&TaskKey, &[usize], Option<&str>)> {
-        self.order
-            .iter()
-            .map(|(p, needs)| (&p.key, &*needs.pools, needs.repo.as_deref()))
     }
 
     /// Tasks in policy order with their needs (for the planner).
