@@ -30,11 +30,24 @@ pub enum SlotJob {
         slot_id: String,
         patch_path: PathBuf,
     },
+    /// Read the slot files again: slots repaired by `dispatcher slots sync` or freed by
+    /// another process while we run are otherwise never seen.
+    Recount,
+}
+
+/// Slots per repository as the slot files say.
+#[derive(Debug, Default)]
+pub struct SlotCounts {
+    pub free: HashMap<String, usize>,
+    /// Slots in `error`, out of use until `slots sync` repairs them.
+    pub broken: HashMap<String, usize>,
 }
 
 pub enum SlotEvent {
-    /// Free slots per repository, after `Start`.
-    Ready(HashMap<String, usize>),
+    /// The counts after `Start`.
+    Ready(SlotCounts),
+    /// The counts after `Recount`.
+    Recounted(SlotCounts),
     Allocated {
         key: TaskKey,
         repo: String,
@@ -112,7 +125,7 @@ fn run(manager: &SlotManager, job: SlotJob) -> SlotEvent {
                 Ok(freed) => freed.iter().for_each(|c| log::info!("slots: {c}")),
                 Err(err) => log::error!("slots: {err}"),
             }
-            SlotEvent::Ready(free_slots(manager))
+            SlotEvent::Ready(count_slots(manager))
         }
         SlotJob::Allocate { key, repo } => {
             let result = manager
@@ -137,26 +150,26 @@ fn run(manager: &SlotManager, job: SlotJob) -> SlotEvent {
                 result,
             }
         }
+        SlotJob::Recount => SlotEvent::Recounted(count_slots(manager)),
     }
 }
 
-/// Available slots per pool, as the slot files say.
-fn free_slots(manager: &SlotManager) -> HashMap<String, usize> {
-    match manager.list() {
-        Ok(pools) => pools
-            .iter()
-            .map(|pool| {
-                let free = pool
-                    .slots
-                    .iter()
-                    .filter(|s| s.state == SlotState::Available)
-                    .count();
-                (pool.repo_name.clone(), free)
-            })
-            .collect(),
+/// Available and broken slots per pool, as the slot files say.
+fn count_slots(manager: &SlotManager) -> SlotCounts {
+    let pools = match manager.slot_states() {
+        Ok(pools) => pools,
         Err(err) => {
             log::error!("slots: {err}");
-            HashMap::new()
+            return SlotCounts::default();
         }
+    };
+    let mut counts = SlotCounts::default();
+    for (repo, states) in pools {
+        let in_state = |state| states.iter().filter(|&&s| s == state).count();
+        counts
+            .broken
+            .insert(repo.clone(), in_state(SlotState::Error));
+        counts.free.insert(repo, in_state(SlotState::Available));
     }
+    counts
 }

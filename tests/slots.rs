@@ -569,6 +569,66 @@ fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
 }
 
 #[test]
+fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart() {
+    let env = Env::new();
+    let origin = make_origin(&env, "app");
+    let app = Repo {
+        name: "app",
+        origin: &origin,
+        slots: 1,
+    };
+    configure(&env, 1, &[app], &[]);
+    env.taskset("s", &[task("t1", Some("app"))]);
+    let out = env.output(&["slots", "sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The only slot breaks for a while (its `.git` link gone): the task waits, and status
+    // says why.
+    let link = workspaces(&env).join("app/slot1/.git");
+    let saved = fs::read(&link).unwrap();
+    fs::remove_file(&link).unwrap();
+
+    let mut run = env.spawn_run(&[]);
+    wait_for("the slot to go to error", || {
+        slot(&env, "workspace-app-slot1")["state"] == "error"
+    });
+    wait_for("status to list the slot error", || {
+        status_json(&env)["slot_errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["repo"] == "app"))
+    });
+    assert!(!started(&env, "t1"));
+    assert_eq!(env.state_of("s", "t1"), "ready", "log:\n{}", run.stderr());
+
+    // The cause goes away; `slots sync` retries the slot while `run` keeps running.
+    fs::write(&link, saved).unwrap();
+    let out = env.output(&["slots", "sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(slot(&env, "workspace-app-slot1")["state"], "available");
+    wait_for("t1 to run in the repaired slot", || {
+        env.state_of("s", "t1") == "done"
+    });
+    assert_eq!(
+        record(&env, "t1", "pwd"),
+        real(&workspaces(&env).join("app/slot1"))
+    );
+    wait_for("status to drop the repaired slot's error", || {
+        status_json(&env)["slot_errors"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    run.signal(libc::SIGINT);
+    assert_eq!(run.wait(DEADLINE).code(), Some(130), "{}", run.stderr());
+}
+
+#[test]
 fn a_restart_after_sigkill_frees_stale_slots() {
     let env = Env::new();
     let gates = Gates::new(&env);

@@ -224,8 +224,13 @@ pub struct Core {
     early_releases: Vec<crate::slot_worker::SlotJob>,
     /// Patch artifacts of released slots, to add to their tasks in the next write.
     pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
-    /// The last slot error per repository, for `status`.
+    /// The last slot error per repository with broken slots, for `status`.
     slot_errors: BTreeMap<String, String>,
+    /// Slot jobs sent so far: a recount is only applied if none went out while it ran.
+    slot_jobs_sent: u64,
+    /// When the slot files were last counted, and the `slot_jobs_sent` of a recount on its way.
+    last_slot_recount: Instant,
+    recount_in_flight: Option<u64>,
     /// The last deadlock check: when, what it found, what was already announced.
     last_deadlock_check: Option<Instant>,
     deadlocks: Vec<crate::deadlock::Finding>,
@@ -302,6 +307,9 @@ impl Core {
             early_releases: Vec::new(),
             pending_artifacts: Vec::new(),
             slot_errors: BTreeMap::new(),
+            slot_jobs_sent: 0,
+            last_slot_recount: Instant::now(),
+            recount_in_flight: None,
             cancelling: HashSet::new(),
             last_deadlock_check: None,
             deadlocks: Vec::new(),
@@ -677,6 +685,7 @@ impl Core {
             self.last_overrides_check = Instant::now();
             self.read_pool_overrides();
         }
+        self.recount_slots_when_due();
         if let Some(drain) = &mut self.drain {
             if !drain.stopping && Instant::now() >= drain.deadline {
                 drain.stopping = true;

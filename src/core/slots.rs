@@ -7,14 +7,16 @@
 //! claims the task with `assigned_slot` and `reserved_branch` set; the runner starts in the
 //! slot. No free slot → the task waits in the queue without holding up other repositories.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::json;
 
 use super::{Core, Finish, SlotHold};
 use crate::registry::{Task, TaskState};
 use crate::scheduler::TaskKey;
-use crate::slot_worker::{SlotEvent, SlotJob};
+use crate::slot_worker::{SlotCounts, SlotEvent, SlotJob};
 use crate::slots::Release;
 use crate::timefmt;
 
@@ -64,10 +66,63 @@ impl Core {
         self.send_slot_job(SlotJob::Start { running_slots });
     }
 
-    fn send_slot_job(&self, job: SlotJob) {
+    fn send_slot_job(&mut self, job: SlotJob) {
+        self.slot_jobs_sent += 1;
         match &self.slot_workers {
             Some(workers) => workers.send(job),
             None => log::error!("no slot threads: a slot job was dropped"),
+        }
+    }
+
+    /// Once per poll interval, when no slot job is in flight, has the slot files counted
+    /// again, so that slots repaired by `dispatcher slots sync` or freed by another process
+    /// come back into use without a restart.
+    pub(super) fn recount_slots_when_due(&mut self) {
+        let due = self.slots_ready
+            && self.recount_in_flight.is_none()
+            && !self.free_slots.is_empty()
+            && self.allocating.is_empty()
+            && self.releasing == 0
+            && self.last_slot_recount.elapsed() >= self.config.dispatcher.poll_interval;
+        if due {
+            self.send_slot_job(SlotJob::Recount);
+            self.recount_in_flight = Some(self.slot_jobs_sent);
+        }
+    }
+
+    /// Takes the counts of the slot files as ours, unless a slot job raced the reading.
+    fn apply_recount(&mut self, counts: SlotCounts) {
+        self.last_slot_recount = Instant::now();
+        let Some(sent_at) = self.recount_in_flight.take() else {
+            return;
+        };
+        let raced =
+            sent_at != self.slot_jobs_sent || !self.allocating.is_empty() || self.releasing > 0;
+        if raced {
+            return;
+        }
+        let SlotCounts { free, broken } = counts;
+        for (repo, free) in free {
+            let old = self.free_slots.insert(Arc::from(repo.as_str()), free);
+            if old.is_some_and(|old| old != free) {
+                log::info!("slots: {repo} has {free} free slots now, as its slot files say");
+            }
+        }
+        self.note_broken_slots(&broken);
+    }
+
+    /// `slot_errors` lists the repositories with slots in `error`: those found on disk too,
+    /// and none whose slots were all repaired.
+    fn note_broken_slots(&mut self, broken: &HashMap<String, usize>) {
+        self.slot_errors
+            .retain(|repo, _| broken.get(repo).is_some_and(|&n| n > 0));
+        for (repo, &n) in broken {
+            if n > 0 && !self.slot_errors.contains_key(repo) {
+                self.slot_errors.insert(
+                    repo.clone(),
+                    format!("{n} slot(s) in error: `dispatcher slots sync` repairs them"),
+                );
+            }
         }
     }
 
@@ -109,10 +164,12 @@ impl Core {
 
     pub(super) fn on_slot(&mut self, event: SlotEvent) {
         match event {
-            SlotEvent::Ready(free) => {
+            SlotEvent::Ready(SlotCounts { free, broken }) => {
                 for (repo, n) in free {
                     self.free_slots.insert(Arc::from(repo.as_str()), n);
                 }
+                self.note_broken_slots(&broken);
+                self.last_slot_recount = Instant::now();
                 self.slots_ready = true;
                 for job in std::mem::take(&mut self.early_releases) {
                     self.send_slot_job(job);
@@ -147,6 +204,7 @@ impl Core {
                     }
                 }
             }
+            SlotEvent::Recounted(counts) => self.apply_recount(counts),
             SlotEvent::Released {
                 key,
                 repo,

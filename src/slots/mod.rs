@@ -330,6 +330,21 @@ impl SlotManager {
         Ok(lines)
     }
 
+    /// The state of every slot of every pool, from the `slot.json` files alone: cheap enough
+    /// to call every few seconds, unlike [`list`](Self::list), which measures disk usage.
+    pub fn slot_states(&self) -> Result<Vec<(String, Vec<SlotState>)>, SlotError> {
+        let mut pools = Vec::new();
+        for repo in self.repo_names()? {
+            let states = self
+                .read_slots(&repo)?
+                .into_iter()
+                .map(|(_, file)| file.state)
+                .collect();
+            pools.push((repo, states));
+        }
+        Ok(pools)
+    }
+
     /// Every pool (configured or found on disk) with its slots, for `dispatcher slots`.
     pub fn list(&self) -> Result<Vec<PoolView>, SlotError> {
         let mut pools = Vec::new();
