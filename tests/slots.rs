@@ -154,6 +154,16 @@ fn slots(env: &Env) -> Vec<Value> {
         .collect()
 }
 
+/// `dispatcher slots sync`, which must succeed.
+fn slots_sync(env: &Env) {
+    let out = env.output(&["slots", "sync"]);
+    assert!(
+        out.status.success(),
+        "slots sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn slot(env: &Env, slot_id: &str) -> Value {
     slots(env)
         .into_iter()
@@ -528,12 +538,7 @@ fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
     configure(&env, 1, &[app], &[("GATE_DIR", gates.dir())]);
     env.taskset("s", &[task("t1", Some("app"))]);
 
-    let out = env.output(&["slots", "sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slots_sync(&env);
     // slot1 is the one allocation tries first (both unused, lowest number first).
     let broken = workspaces(&env).join("app/slot1");
     fs::remove_file(broken.join(".git")).unwrap();
@@ -579,12 +584,7 @@ fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart(
     };
     configure(&env, 1, &[app], &[]);
     env.taskset("s", &[task("t1", Some("app"))]);
-    let out = env.output(&["slots", "sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slots_sync(&env);
     // The only slot breaks for a while (its `.git` link gone): the task waits, and status
     // says why.
     let link = workspaces(&env).join("app/slot1/.git");
@@ -605,12 +605,7 @@ fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart(
 
     // The cause goes away; `slots sync` retries the slot while `run` keeps running.
     fs::write(&link, saved).unwrap();
-    let out = env.output(&["slots", "sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slots_sync(&env);
     assert_eq!(slot(&env, "workspace-app-slot1")["state"], "available");
     wait_for("t1 to run in the repaired slot", || {
         env.state_of("s", "t1") == "done"
