@@ -1124,11 +1124,25 @@ fn save_patch(slot: &Slot, patch_path: &Path) -> Result<Option<Patch>, SlotError
     if diff.is_empty() {
         return Ok(None);
     }
-    fsutil::write_atomic(patch_path, &diff).map_err(|e| SlotError::io("write", patch_path, e))?;
+    let patch_path = unused_patch_path(patch_path);
+    fsutil::write_atomic(&patch_path, &diff).map_err(|e| SlotError::io("write", &patch_path, e))?;
     Ok(Some(Patch {
-        path: patch_path.to_path_buf(),
+        path: patch_path,
         size_bytes: diff.len() as u64,
     }))
+}
+
+/// `path`, or `<stem>-2.patch`, `<stem>-3.patch`… when it is taken: an attempt cut short by a
+/// drain or a crash keeps its number, and its patch must not be overwritten by the next one.
+fn unused_patch_path(path: &Path) -> PathBuf {
+    if !path.exists() {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    (2u32..)
+        .map(|n| path.with_file_name(format!("{stem}-{n}.patch")))
+        .find(|candidate| !candidate.exists())
+        .expect("some suffix is free")
 }
 
 /// Discards every change and untracked file (except `slot.json`) and checks out `start`

@@ -286,6 +286,34 @@ fn concurrent_allocations_never_share_a_slot() {
 }
 
 #[test]
+fn a_second_patch_under_the_same_attempt_number_is_kept_beside_the_first() {
+    let fx = Fixture::new();
+    let manager = fx.manager(1);
+    let patch_path = fx.tmp.path().join("patches/attempt-2.patch");
+    let mut saved = Vec::new();
+    for text in ["first\n", "second\n", "third\n"] {
+        let alloc = manager.allocate("app", "spec", "7").unwrap().unwrap();
+        fs::write(alloc.slot_path.join("work.txt"), text).unwrap();
+        let patch = manager
+            .release(&alloc.slot_id, &patch_path)
+            .unwrap()
+            .expect("changes make a patch");
+        let body = fs::read_to_string(&patch.path).unwrap();
+        assert!(body.contains(&format!("+{text}")), "{body}");
+        saved.push(patch.path);
+    }
+    let dir = fx.tmp.path().join("patches");
+    assert_eq!(
+        saved,
+        [
+            dir.join("attempt-2.patch"),
+            dir.join("attempt-2-2.patch"),
+            dir.join("attempt-2-3.patch")
+        ]
+    );
+}
+
+#[test]
 fn release_saves_a_patch_and_leaves_a_pristine_checkout() {
     let fx = Fixture::new();
     let manager = fx.manager(1);
