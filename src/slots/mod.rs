@@ -449,9 +449,12 @@ impl SlotManager {
         for (slot, file) in self.read_slots(repo)? {
             if file.state == SlotState::Error {
                 let broken = |file: &SlotFile| file.state == SlotState::Error;
-                if let Some(line) = self.try_reclaim(&slot, base, &broken)? {
-                    lines.push(line);
-                }
+                let line = if full_clones || slot.path.join(".git").exists() {
+                    self.try_reclaim(&slot, base, &broken)?
+                } else {
+                    self.try_rebuild(&slot, config, &broken)?
+                };
+                lines.extend(line);
             }
         }
 
@@ -681,6 +684,67 @@ impl SlotManager {
         base: &str,
         wanted: &dyn Fn(&SlotFile) -> bool,
     ) -> Result<Option<String>, SlotError> {
+        self.repair_if(slot, wanted, |file| {
+            let was = file.state;
+            let task = file.task();
+            let patch_path = self.recovered_path(slot, ".patch");
+            let patch = self.reclaim(slot, file, base, &patch_path)?;
+            let mut line = format!("{}: {} slot cleaned and available", slot.id, was.as_str());
+            if let Some(task) = task {
+                line.push_str(&format!(" (task {task})"));
+            }
+            if let Some(patch) = patch {
+                line.push_str(&format!(
+                    "; uncommitted changes saved to {}",
+                    patch.path.display()
+                ));
+            }
+            Ok(line)
+        })
+    }
+
+    /// A worktree slot that is no longer a checkout (its `.git` link gone) cannot be cleaned:
+    /// its directory is moved aside under `recovered/`, files and all, and the slot is made
+    /// again from the main clone.
+    fn try_rebuild(
+        &self,
+        slot: &Slot,
+        config: &RepoConfig,
+        wanted: &dyn Fn(&SlotFile) -> bool,
+    ) -> Result<Option<String>, SlotError> {
+        self.repair_if(slot, wanted, |_| {
+            let recovered = self.pool_dir(&slot.repo).join(RECOVERED_DIR);
+            let aside = self.recovered_path(slot, "");
+            fs::create_dir_all(&recovered)
+                .and_then(|()| fs::rename(&slot.path, &aside))
+                .map_err(|e| SlotError::io("move aside", &slot.path, e))?;
+            self.create_slot(slot, config, false)?;
+            Ok(format!(
+                "{}: not a checkout any more; rebuilt, its old files kept in {}",
+                slot.id,
+                aside.display()
+            ))
+        })
+    }
+
+    /// A new name under the pool's `recovered/` for what is saved from `slot`:
+    /// `<slot_id>-<timestamp><suffix>`.
+    fn recovered_path(&self, slot: &Slot, suffix: &str) -> PathBuf {
+        let stamp = timefmt::now().format("%Y%m%dT%H%M%S%.6f");
+        self.pool_dir(&slot.repo)
+            .join(RECOVERED_DIR)
+            .join(format!("{}-{stamp}{suffix}", slot.id))
+    }
+
+    /// Runs `repair` on `slot` under its lock if the slot is free of other hands and `wanted`
+    /// holds; `None` otherwise. A failed repair is recorded on the slot (when its directory is
+    /// still there) and reported as a line.
+    fn repair_if(
+        &self,
+        slot: &Slot,
+        wanted: &dyn Fn(&SlotFile) -> bool,
+        repair: impl FnOnce(&mut SlotFile) -> Result<String, SlotError>,
+    ) -> Result<Option<String>, SlotError> {
         let lock_path = self.lock_path(&slot.id);
         let Some(_lock) =
             FileLock::try_acquire(&lock_path).map_err(|e| SlotError::io("lock", &lock_path, e))?
@@ -693,32 +757,12 @@ impl SlotManager {
         if !wanted(&file) {
             return Ok(None);
         }
-        let was = file.state;
-        let task = file.task();
-        let stamp = timefmt::now().format("%Y%m%dT%H%M%S%.6f");
-        let patch_path = self
-            .pool_dir(&slot.repo)
-            .join(RECOVERED_DIR)
-            .join(format!("{}-{stamp}.patch", slot.id));
-        let line = match self.reclaim(slot, &mut file, base, &patch_path) {
-            Ok(patch) => {
-                let mut line = format!("{}: {} slot cleaned and available", slot.id, was.as_str());
-                if let Some(task) = task {
-                    line.push_str(&format!(" (task {task})"));
-                }
-                if let Some(patch) = patch {
-                    line.push_str(&format!(
-                        "; uncommitted changes saved to {}",
-                        patch.path.display()
-                    ));
-                }
-                line
-            }
-            Err(err) => {
+        let line = repair(&mut file).unwrap_or_else(|err| {
+            if slot.path.is_dir() {
                 self.mark_error(slot, &mut file, &err);
-                format!("{}: still in error: {err}", slot.id)
             }
-        };
+            format!("{}: still in error: {err}", slot.id)
+        });
         log::info!("{line}");
         Ok(Some(line))
     }

@@ -467,6 +467,41 @@ fn broken_slot_goes_to_error_and_is_skipped_then_repaired_by_sync() {
 }
 
 #[test]
+fn sync_rebuilds_a_slot_that_is_no_checkout_any_more_and_keeps_its_files() {
+    let fx = Fixture::new();
+    let manager = fx.manager(1);
+    manager.sync().unwrap();
+    fs::remove_file(fx.slot_path(1).join(".git")).unwrap();
+    fs::write(fx.slot_path(1).join("notes.txt"), "unsaved work\n").unwrap();
+    manager.allocate("app", "s", "1").unwrap_err();
+    assert_eq!(fx.slot_json(1)["state"], "error");
+
+    let lines = manager.sync().unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("workspace-app-slot1: not a checkout any more; rebuilt"),
+        "{lines:?}"
+    );
+    assert_eq!(fx.slot_json(1)["state"], "available");
+    assert!(fx.slot_json(1)["metadata"].get("error").is_none());
+    // The old directory, with what was left in it, is kept aside.
+    let recovered: Vec<PathBuf> = fs::read_dir(fx.workspaces().join("app/recovered"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(
+        fs::read_to_string(recovered[0].join("notes.txt")).unwrap(),
+        "unsaved work\n"
+    );
+    // The slot is a working checkout again and is lent out.
+    let alloc = manager.allocate("app", "s", "1").unwrap().unwrap();
+    assert_eq!(alloc.slot_id, "workspace-app-slot1");
+    assert_eq!(porcelain(&fx.slot_path(1)), "");
+    assert!(!fx.slot_path(1).join("notes.txt").exists());
+}
+
+#[test]
 fn recover_frees_slots_of_dead_tasks_and_finishes_cleaning() {
     let fx = Fixture::new();
     let manager = fx.manager(3);
