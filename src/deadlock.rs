@@ -536,16 +536,7 @@ mod tests {
     use super::*;
 
     fn taskset(tasks: &[(&str, &str, &[&str])]) -> Taskset {
-        let tasks: Vec<serde_json::Value> = tasks
-            .iter()
-            .map(|(id, state, deps)| {
-                serde_json::json!({"id": id, "title": id, "state": state, "dependencies": deps})
-            })
-            .collect();
-        serde_json::from_value(serde_json::json!({
-            "spec_name": "chat-app", "version": 1, "tasks": tasks, "metadata": {}
-        }))
-        .unwrap()
+        Taskset::from_rows("chat-app", tasks)
     }
 
     fn served(_: Option<&str>, _: Option<Request>) -> Service {

@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use serde_json::{json, Value};
@@ -107,36 +107,6 @@ impl Bench {
             .map(|l| l.trim().parse().expect("pid line"))
             .collect()
     }
-}
-
-/// One line of a runner ledger: `start|end TASK TAG EPOCH_NS`.
-#[derive(Debug, Clone)]
-struct Mark {
-    start: bool,
-    task: String,
-    tag: String,
-    ns: u128,
-}
-
-/// The ledger in time order. A line still being appended (no newline yet) is left out.
-fn ledger(path: &Path) -> Vec<Mark> {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-    let mut marks: Vec<Mark> = complete
-        .lines()
-        .map(|line| {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(parts.len(), 4, "ledger line {line:?}");
-            Mark {
-                start: parts[0] == "start",
-                task: parts[1].to_string(),
-                tag: parts[2].to_string(),
-                ns: parts[3].parse().expect("ledger timestamp"),
-            }
-        })
-        .collect();
-    marks.sort_by_key(|m| m.ns);
-    marks
 }
 
 /// Tasks whose runner started and has not recorded its end.

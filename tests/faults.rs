@@ -77,16 +77,6 @@ fn marker(env: &Env) -> String {
         .into_owned()
 }
 
-/// How the dispatcher names a path under the temp dir in its messages (it resolves the
-/// config file's directory physically).
-fn shown(env: &Env, relative: &str) -> String {
-    fs::canonicalize(env.path())
-        .unwrap()
-        .join(relative)
-        .display()
-        .to_string()
-}
-
 /// The `owner` a dispatcher on this env's state dir writes into the tasks it claims:
 /// `<hostname>:<canonical state dir>` (see `Core::new`).
 fn owner_of(env: &Env) -> String {
@@ -816,7 +806,7 @@ fn wrong_types_nan_and_out_of_range_priority_are_reported_by_file_and_line_left_
     assert_eq!(env.state_of("good", "b"), "done");
     let report = status_json(&env);
     for (spec, text, key, token, named) in &cases {
-        let path = shown(&env, &format!("registry/tasksets/{spec}/taskset.json"));
+        let path = env.shown(&format!("registry/tasksets/{spec}/taskset.json"));
         let line = format!("line {}", line_of(text, &format!("\"{key}\": {token}")));
         assert_eq!(
             fs::read_to_string(env.taskset_path(spec)).unwrap(),

@@ -64,16 +64,6 @@ fn ledger_index(ledger: &Path, kind: &str, task: &str) -> usize {
         .unwrap_or_else(|| panic!("no {prefix:?} line in ledger:\n{text}"))
 }
 
-/// How the dispatcher names a path under the temp dir in its messages: it resolves the config
-/// file's directory from the physical working directory.
-fn shown(env: &Env, relative: &str) -> String {
-    fs::canonicalize(env.path())
-        .unwrap()
-        .join(relative)
-        .display()
-        .to_string()
-}
-
 /// Naive ISO-8601 with exactly six fraction digits, as Python's `isoformat()` writes it:
 /// `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$`.
 fn is_naive_micros(text: &str) -> bool {
@@ -493,7 +483,7 @@ fn assert_broken_taskset_reported(
 }
 
 fn taskset_file_shown(env: &Env, spec: &str) -> String {
-    shown(env, &format!("registry/tasksets/{spec}/taskset.json"))
+    env.shown(&format!("registry/tasksets/{spec}/taskset.json"))
 }
 
 #[test]

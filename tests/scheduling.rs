@@ -75,34 +75,6 @@ fn live(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
-/// One line of a runner ledger: `start|end TASK POOL EPOCH_NS`.
-#[derive(Debug, Clone)]
-struct Mark {
-    start: bool,
-    task: String,
-    pool: String,
-    ns: u128,
-}
-
-fn ledger(path: &Path) -> Vec<Mark> {
-    let mut marks: Vec<Mark> = fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(parts.len(), 4, "ledger line {line:?}");
-            Mark {
-                start: parts[0] == "start",
-                task: parts[1].to_string(),
-                pool: parts[2].to_string(),
-                ns: parts[3].parse().expect("ledger timestamp"),
-            }
-        })
-        .collect();
-    marks.sort_by_key(|m| m.ns);
-    marks
-}
-
 fn start_order(marks: &[Mark]) -> Vec<String> {
     marks
         .iter()
@@ -129,23 +101,7 @@ fn span(marks: &[Mark], task: &str) -> (u128, u128) {
 /// marks `keep` selects. A start and an end at the same nanosecond count as overlapping, so
 /// the measure errs on the high side.
 fn max_overlap(marks: &[Mark], keep: impl Fn(&Mark) -> bool) -> usize {
-    let mut points: Vec<(u128, bool)> = marks
-        .iter()
-        .filter(|m| keep(m))
-        .map(|m| (m.ns, m.start))
-        .collect();
-    // Starts (true) sort after ends (false) at equal times; reversing the flag puts them first.
-    points.sort_by_key(|&(ns, start)| (ns, !start));
-    let (mut now, mut max) = (0usize, 0usize);
-    for (_, start) in points {
-        if start {
-            now += 1;
-            max = max.max(now);
-        } else {
-            now -= 1;
-        }
-    }
-    max
+    max_concurrent(marks.iter().filter(|m| keep(m)).map(|m| (m.ns, m.start)))
 }
 
 fn status_json(env: &Env) -> Value {
@@ -302,8 +258,8 @@ fn pool_and_global_caps_are_never_exceeded() {
 
     let marks = ledger(&ledger_path);
     assert_eq!(marks.iter().filter(|m| m.start).count(), 12, "{marks:?}");
-    let in_a = max_overlap(&marks, |m| m.pool == "a");
-    let in_b = max_overlap(&marks, |m| m.pool == "b");
+    let in_a = max_overlap(&marks, |m| m.tag == "a");
+    let in_b = max_overlap(&marks, |m| m.tag == "b");
     let global = max_overlap(&marks, |_| true);
     assert!(in_a <= 2, "pool a ran {in_a} at once: {marks:?}");
     assert!(in_b <= 3, "pool b ran {in_b} at once: {marks:?}");
@@ -348,7 +304,7 @@ fn skills_route_to_mapped_named_and_default_pools() {
     let ran_in: BTreeMap<String, String> = ledger(&ledger_path)
         .into_iter()
         .filter(|m| m.start)
-        .map(|m| (m.task, m.pool))
+        .map(|m| (m.task, m.tag))
         .collect();
     for (task, pool) in expected {
         assert_eq!(ran_in[task], pool, "{task} ran in the wrong pool");

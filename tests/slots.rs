@@ -230,21 +230,11 @@ fn spans(ledger: &Path) -> Vec<(String, u128, u128)> {
 
 /// The most runs between their start and end at one moment (touching counts as overlap).
 fn max_overlap(spans: &[(String, u128, u128)]) -> usize {
-    let mut points: Vec<(u128, bool)> = spans
-        .iter()
-        .flat_map(|(_, start, end)| [(*start, true), (*end, false)])
-        .collect();
-    points.sort_by_key(|&(ns, start)| (ns, !start));
-    let (mut now, mut max) = (0usize, 0usize);
-    for (_, start) in points {
-        if start {
-            now += 1;
-            max = max.max(now);
-        } else {
-            now -= 1;
-        }
-    }
-    max
+    max_concurrent(
+        spans
+            .iter()
+            .flat_map(|(_, start, end)| [(*start, true), (*end, false)]),
+    )
 }
 
 fn assert_all_done(env: &Env, spec: &str) {

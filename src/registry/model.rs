@@ -134,6 +134,21 @@ impl Task {
 }
 
 impl Taskset {
+    /// A taskset of `(id, state, dependencies)` rows, each task titled by its id.
+    #[cfg(test)]
+    pub(crate) fn from_rows(spec: &str, rows: &[(&str, &str, &[&str])]) -> Taskset {
+        let tasks: Vec<Value> = rows
+            .iter()
+            .map(|(id, state, deps)| {
+                serde_json::json!({"id": id, "title": id, "state": state, "dependencies": deps})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "spec_name": spec, "version": 1, "tasks": tasks, "metadata": {}
+        }))
+        .expect("rows make a valid taskset")
+    }
+
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.iter().find(|t| t.id == id)
     }
@@ -331,15 +346,9 @@ impl Serialize for Taskset {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("spec_name", &self.spec_name)?;
         map.serialize_entry("version", &self.version)?;
-        timestamp_entry(
+        timestamp_entries(
             &mut map,
-            "created_at",
             self.created_at.as_deref(),
-            &self.extra,
-        )?;
-        timestamp_entry(
-            &mut map,
-            "updated_at",
             self.updated_at.as_deref(),
             &self.extra,
         )?;
@@ -366,15 +375,9 @@ impl Serialize for Task {
         map.serialize_entry("runner_id", &self.runner_id)?;
         map.serialize_entry("artifacts", &self.artifacts)?;
         map.serialize_entry("metadata", &self.metadata)?;
-        timestamp_entry(
+        timestamp_entries(
             &mut map,
-            "created_at",
             self.created_at.as_deref(),
-            &self.extra,
-        )?;
-        timestamp_entry(
-            &mut map,
-            "updated_at",
             self.updated_at.as_deref(),
             &self.extra,
         )?;
@@ -395,6 +398,17 @@ fn timestamp_entry<M: SerializeMap>(
         None if extra.get(key) == Some(&Value::Null) => map.serialize_entry(key, &Value::Null),
         None => Ok(()),
     }
+}
+
+/// `created_at` and `updated_at`, as [`timestamp_entry`] writes each.
+fn timestamp_entries<M: SerializeMap>(
+    map: &mut M,
+    created_at: Option<&str>,
+    updated_at: Option<&str>,
+    extra: &Map<String, Value>,
+) -> Result<(), M::Error> {
+    timestamp_entry(map, "created_at", created_at, extra)?;
+    timestamp_entry(map, "updated_at", updated_at, extra)
 }
 
 /// The unknown keys, after the known ones (a remembered `null` timestamp is not one).

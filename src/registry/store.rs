@@ -170,12 +170,7 @@ impl Registry {
             taskset.version += 1;
             taskset.updated_at = Some(timefmt::now_string());
             // A change that breaks the rules (say, a duplicate id) must not reach the file.
-            taskset
-                .validate(spec)
-                .map_err(|reason| RegistryError::Invalid {
-                    path: path.clone(),
-                    reason,
-                })?;
+            validate_at(&taskset, spec, &path)?;
             fsutil::write_atomic(&path, &taskset.to_json_bytes()).map_err(|source| {
                 RegistryError::Io {
                     action: "write",
@@ -195,12 +190,7 @@ impl Registry {
         let spec = taskset.spec_name.as_str();
         names::validate("spec name", spec)?;
         let path = self.taskset_path(spec);
-        taskset
-            .validate(spec)
-            .map_err(|reason| RegistryError::Invalid {
-                path: path.clone(),
-                reason,
-            })?;
+        validate_at(taskset, spec, &path)?;
         let _lock = self.lock(spec)?;
         match fs::symlink_metadata(&path) {
             Ok(_) => return Err(RegistryError::Exists { path }),
@@ -245,13 +235,18 @@ fn read_taskset(path: &Path, spec: &str) -> Result<Taskset, RegistryError> {
             path: path.to_owned(),
             source,
         })?;
+    validate_at(&taskset, spec, path)?;
+    Ok(taskset)
+}
+
+/// [`Taskset::validate`], with the file named in the error.
+fn validate_at(taskset: &Taskset, spec: &str, path: &Path) -> Result<(), RegistryError> {
     taskset
         .validate(spec)
         .map_err(|reason| RegistryError::Invalid {
             path: path.to_owned(),
             reason,
-        })?;
-    Ok(taskset)
+        })
 }
 
 #[cfg(test)]

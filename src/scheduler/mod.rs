@@ -254,7 +254,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn at(second: u32) -> NaiveDateTime {
+    /// A ready time `second` seconds into a fixed minute.
+    pub(super) fn at(second: u32) -> NaiveDateTime {
         chrono::NaiveDate::from_ymd_opt(2026, 11, 29)
             .unwrap()
             .and_hms_opt(10, 0, second)

@@ -251,15 +251,9 @@ impl Planner<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::at;
     use super::super::QueuedTask;
     use super::*;
-
-    fn at(second: u32) -> NaiveDateTime {
-        chrono::NaiveDate::from_ymd_opt(2026, 11, 29)
-            .unwrap()
-            .and_hms_opt(10, 0, second)
-            .unwrap()
-    }
 
     fn task(spec: &str, id: &str, priority: i64, second: u32, pools: &[usize]) -> QueuedTask {
         QueuedTask {

@@ -138,6 +138,16 @@ impl Env {
         cmd
     }
 
+    /// How the dispatcher names a path under the temp dir in its messages: it resolves the
+    /// config file's directory physically.
+    pub fn shown(&self, relative: &str) -> String {
+        fs::canonicalize(self.path())
+            .unwrap()
+            .join(relative)
+            .display()
+            .to_string()
+    }
+
     pub fn output(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run dispatcher")
     }
@@ -347,4 +357,53 @@ pub fn pid_alive(pid: u32) -> bool {
         .rfind(')')
         .and_then(|end| stat[end + 1..].split_whitespace().next());
     !matches!(state, None | Some("Z" | "X"))
+}
+
+/// One line of a runner ledger (`tests/runners/*.sh`): `start|end TASK TAG EPOCH_NS`.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub start: bool,
+    pub task: String,
+    pub tag: String,
+    pub ns: u128,
+}
+
+/// The ledger in time order. A line still being appended (no newline yet) is left out.
+pub fn ledger(path: &Path) -> Vec<Mark> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let mut marks: Vec<Mark> = complete
+        .lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parts.len(), 4, "ledger line {line:?}");
+            Mark {
+                start: parts[0] == "start",
+                task: parts[1].to_string(),
+                tag: parts[2].to_string(),
+                ns: parts[3].parse().expect("ledger timestamp"),
+            }
+        })
+        .collect();
+    marks.sort_by_key(|m| m.ns);
+    marks
+}
+
+/// The most runs between their start and end at one moment, from `(ns, is_start)` points. A
+/// start and an end at the same nanosecond count as overlapping, so the measure errs on the
+/// high side.
+pub fn max_concurrent(points: impl IntoIterator<Item = (u128, bool)>) -> usize {
+    let mut points: Vec<(u128, bool)> = points.into_iter().collect();
+    // Starts (true) sort after ends (false) at equal times; reversing the flag puts them first.
+    points.sort_by_key(|&(ns, start)| (ns, !start));
+    let (mut now, mut max) = (0usize, 0usize);
+    for (_, start) in points {
+        if start {
+            now += 1;
+            max = max.max(now);
+        } else {
+            now -= 1;
+        }
+    }
+    max
 }
