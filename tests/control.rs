@@ -20,34 +20,6 @@ use support::*;
 
 // ----- helpers -------------------------------------------------------------------------------
 
-/// A TOML basic string (Debug escapes quotes and backslashes the way TOML reads them).
-fn q(s: &str) -> String {
-    format!("{s:?}")
-}
-
-/// One `[agent_pools.NAME]` section running `command` with `env`, plus `extra` lines.
-fn pool(name: &str, max: usize, command: &[String], env: &[(&str, String)], extra: &str) -> String {
-    let command: Vec<String> = command.iter().map(|a| q(a)).collect();
-    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
-    format!(
-        "[agent_pools.{name}]\nmax_concurrency = {max}\ncommand = [{}]\nenv = {{ {} }}\n{extra}\n",
-        command.join(", "),
-        env.join(", ")
-    )
-}
-
-/// Routes tasks without a mapped skill (and tasks without a skill) to `pool`.
-fn default_to(pool: &str) -> String {
-    format!("[skill_mapping]\ndefault = [{}]\n", q(pool))
-}
-
-/// `runner(script)` followed by `args`, as a pool command.
-fn cmd(script: &str, args: &[&str]) -> Vec<String> {
-    std::iter::once(runner(script))
-        .chain(args.iter().map(|a| (*a).to_string()))
-        .collect()
-}
-
 /// The files a test's runners share with it: the ledger, `$OUT_DIR` (pids, per-task gates)
 /// and the gate that releases every runner at once.
 struct Bench {
@@ -1202,7 +1174,7 @@ fn metrics_count_attempts_show_pools_and_deadlocks_in_the_textfile_and_the_comma
         "",
         &format!(
             "[metrics]\ntextfile = {}\n\n{}{}",
-            q(&textfile.display().to_string()),
+            toml_str(&textfile.display().to_string()),
             pool("p", 2, &["true".to_string()], &[], "cpu_quota = 4"),
             default_to("p")
         ),

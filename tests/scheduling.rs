@@ -18,37 +18,6 @@ use support::*;
 
 // ----- helpers -------------------------------------------------------------------------------
 
-/// A TOML basic string. Debug formatting escapes quotes and backslashes the way TOML reads
-/// them, which is enough for temp paths and markers.
-fn q(s: &str) -> String {
-    format!("{s:?}")
-}
-
-/// One `[agent_pools.NAME]` section: a local-process pool running `command`, with `env`,
-/// and `extra` lines (timeout, …) appended verbatim.
-fn pool(name: &str, max: usize, command: &[String], env: &[(&str, String)], extra: &str) -> String {
-    let command: Vec<String> = command.iter().map(|a| q(a)).collect();
-    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
-    format!(
-        "[agent_pools.{name}]\ntype = \"local-process\"\nmax_concurrency = {max}\n\
-         command = [{}]\nenv = {{ {} }}\n{extra}\n",
-        command.join(", "),
-        env.join(", ")
-    )
-}
-
-/// Routes tasks without a mapped skill (and tasks without a skill) to `pool`.
-fn default_to(pool: &str) -> String {
-    format!("[skill_mapping]\ndefault = [{}]\n", q(pool))
-}
-
-/// `runner(script)` followed by `args`, as a pool command.
-fn cmd(script: &str, args: &[&str]) -> Vec<String> {
-    std::iter::once(runner(script))
-        .chain(args.iter().map(|a| (*a).to_string()))
-        .collect()
-}
-
 /// A marker unique to one test (its temp dir), passed as a runner argument so that the
 /// process table can be searched for exactly this test's runners.
 fn marker(env: &Env) -> String {

@@ -314,6 +314,40 @@ pub fn toml_str(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 
+/// One `[agent_pools.NAME]` section: a local-process pool of `max` runners running
+/// `command`, with `env`, and `extra` lines (timeout, …) appended verbatim.
+pub fn pool(
+    name: &str,
+    max: usize,
+    command: &[String],
+    env: &[(&str, String)],
+    extra: &str,
+) -> String {
+    let command: Vec<String> = command.iter().map(|a| toml_str(a)).collect();
+    let env: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", toml_str(v)))
+        .collect();
+    format!(
+        "[agent_pools.{name}]\ntype = \"local-process\"\nmax_concurrency = {max}\n\
+         command = [{}]\nenv = {{ {} }}\n{extra}\n",
+        command.join(", "),
+        env.join(", ")
+    )
+}
+
+/// Routes tasks without a mapped skill (and tasks without a skill) to `pool`.
+pub fn default_to(pool: &str) -> String {
+    format!("[skill_mapping]\ndefault = [{}]\n", toml_str(pool))
+}
+
+/// `runner(script)` followed by `args`, as a pool command.
+pub fn cmd(script: &str, args: &[&str]) -> Vec<String> {
+    std::iter::once(runner(script))
+        .chain(args.iter().map(|a| (*a).to_string()))
+        .collect()
+}
+
 /// `dispatcher status --json`, parsed; panics unless it exits 0.
 pub fn status_json(env: &Env) -> Value {
     let out = env.output(&["status", "--json"]);
