@@ -1,7 +1,8 @@
 //! Launcher threads: starting a runner (files, lock, spawn of its supervisor) takes
 //! milliseconds, so the core hands each claimed task to a small pool of workers and stays
 //! free to schedule. A worker gives the started supervisor to the watchdog and tells the
-//! core the runner started, or why it could not. The same workers remove the runner
+//! core the runner started, or why it could not. Attempts of engine pools go to their
+//! pool's watcher thread instead ([`crate::engine`]). The same workers remove the runner
 //! directories of finished attempts, which costs about as much as creating them.
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::Sender;
 
 use crate::config::Config;
+use crate::engine::{EngineCommand, EngineHub};
 use crate::launcher::{self, LaunchSpec};
 use crate::watchdog::{RunnerEvent, Watch, WatchCommand, WatchdogHandle};
 
@@ -33,6 +35,7 @@ enum Job {
 impl LaunchPool {
     pub fn spawn(
         watchdog: &WatchdogHandle,
+        engines: &EngineHub,
         events: &Sender<RunnerEvent>,
     ) -> std::io::Result<LaunchPool> {
         let (jobs, inbox) = crossbeam_channel::unbounded::<Job>();
@@ -40,6 +43,7 @@ impl LaunchPool {
         for n in 0..WORKERS {
             let inbox = inbox.clone();
             let watchdog = watchdog.clone();
+            let engines = engines.clone();
             let events = events.clone();
             let thread = thread::Builder::new()
                 .name(format!("launcher-{n}"))
@@ -47,7 +51,7 @@ impl LaunchPool {
                     for job in inbox {
                         match job {
                             Job::Launch(spec, config) => {
-                                start(&config, &watchdog, &events, *spec);
+                                start(&config, &watchdog, &engines, &events, *spec);
                             }
                             Job::Remove(dir) => {
                                 if let Err(err) = std::fs::remove_dir_all(&dir) {
@@ -95,8 +99,9 @@ impl Drop for LaunchPool {
 }
 
 fn start(
-    config: &Config,
+    config: &Arc<Config>,
     watchdog: &WatchdogHandle,
+    engines: &EngineHub,
     events: &Sender<RunnerEvent>,
     job: LaunchSpec,
 ) {
@@ -107,13 +112,24 @@ fn start(
         });
         return;
     };
+    if pool.kind.is_engine() {
+        // The pool's watcher submits it: engine calls never block these threads.
+        let name = job.pool_name.clone();
+        engines.send(
+            &name,
+            pool,
+            EngineCommand::Launch(Box::new(job), Arc::clone(config)),
+        );
+        return;
+    }
     match launcher::launch(&job, pool) {
         Ok(launched) => {
             // "Started" goes out before the watchdog learns of the runner, so the core can
             // never hear of its end first.
             let _ = events.send(RunnerEvent::Started {
                 runner_id: job.runner_id.clone(),
-                supervisor_pid: launched.supervisor.id(),
+                supervisor_pid: Some(launched.supervisor.id()),
+                engine_id: None,
             });
             watchdog.send(WatchCommand::Watch(Box::new(Watch {
                 runner_id: job.runner_id,

@@ -2,6 +2,7 @@
 //! log, `runner.json`), takes the runner's lock and starts the supervisor that owns the
 //! runner (see [`crate::supervisor`] for the protocol).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Seek;
@@ -61,18 +62,51 @@ pub enum LaunchError {
     Spawn { program: PathBuf, source: io::Error },
 }
 
-fn prepare(path: &Path) -> impl FnOnce(io::Error) -> LaunchError {
+fn prepare_error(path: &Path) -> impl FnOnce(io::Error) -> LaunchError {
     let path = path.to_path_buf();
     move |source| LaunchError::Prepare { path, source }
 }
 
-/// Starts one runner under its supervisor. The runner's record is written and its lock taken
-/// before the supervisor exists, and the supervisor inherits the locked descriptor, so there
-/// is no instant at which the runner exists with a free lock. The supervisor gets a session
-/// of its own, a null stdin, and the attempt's log as stdout and stderr (no pipes: nothing
-/// breaks if the dispatcher dies). The runner's environment is the supervisor's own, so
-/// secrets never go to disk.
-pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchError> {
+/// Where a runner sees its files: the host's own paths for a local runner, mount points
+/// inside a container, nothing when the engine's nodes do not share this machine's files.
+#[derive(Clone, Debug)]
+pub struct RunnerView {
+    pub workdir: Option<PathBuf>,
+    /// The runner directory (context file, heartbeat file).
+    pub runner_dir: Option<PathBuf>,
+    /// Whether the runner runs on this machine's software (see
+    /// [`runner_env::runner_environment`]).
+    pub host_env: bool,
+}
+
+impl RunnerView {
+    /// A runner that sees this machine's files at their own paths.
+    pub fn local(req: &LaunchSpec) -> RunnerView {
+        RunnerView {
+            workdir: Some(req.workdir.clone()),
+            runner_dir: Some(req.runner_dir.path().to_path_buf()),
+            host_env: true,
+        }
+    }
+}
+
+/// An attempt's files, written, and what its runner is given.
+pub struct Prepared {
+    /// The runner's complete environment (it holds secrets: never written to disk).
+    pub env: BTreeMap<OsString, OsString>,
+    pub record: RunnerRecord,
+    /// The attempt's log, opened for appending, after the header line.
+    pub log: File,
+    pub heartbeat_path: PathBuf,
+}
+
+/// Writes an attempt's files (working directory, context, heartbeat file, log header) and
+/// works out the runner's argv and environment, as `view` says the runner sees them.
+pub fn prepare(
+    req: &LaunchSpec,
+    pool: &PoolConfig,
+    view: &RunnerView,
+) -> Result<Prepared, LaunchError> {
     let facts = &RunnerFacts {
         runner_id: &req.runner_id,
         pool_name: &req.pool_name,
@@ -81,21 +115,27 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         task: &req.task,
         attempt: req.attempt,
         workdir: &req.workdir,
+        shown_workdir: view.workdir.as_deref(),
         repo_url: req.repo_url.as_deref(),
     };
     let dir = &req.runner_dir;
-    fs::create_dir_all(facts.workdir).map_err(prepare(facts.workdir))?;
-    fs::create_dir_all(dir.path()).map_err(prepare(dir.path()))?;
+    fs::create_dir_all(facts.workdir).map_err(prepare_error(facts.workdir))?;
+    fs::create_dir_all(dir.path()).map_err(prepare_error(dir.path()))?;
     if let Some(parent) = req.log_path.parent() {
-        fs::create_dir_all(parent).map_err(prepare(parent))?;
+        fs::create_dir_all(parent).map_err(prepare_error(parent))?;
     }
 
     let context = runner_env::task_context(facts).to_string();
     let context_path = dir.path().join("context.json");
-    fs::write(&context_path, &context).map_err(prepare(&context_path))?;
+    fs::write(&context_path, &context).map_err(prepare_error(&context_path))?;
     let heartbeat_path = dir.path().join("heartbeat");
-    File::create(&heartbeat_path).map_err(prepare(&heartbeat_path))?;
-    let context_env = runner_env::context_env_value(facts, &context, &context_path);
+    File::create(&heartbeat_path).map_err(prepare_error(&heartbeat_path))?;
+    let shown_dir = view.runner_dir.as_deref();
+    let shown_context = shown_dir.map(|d| d.join("context.json"));
+    let context_env = match &shown_context {
+        Some(path) => runner_env::context_env_value(facts, &context, path),
+        None => context.clone(),
+    };
     if context_env.len() != context.len() {
         log::warn!(
             "task {}/{}: its context ({} bytes) is too big for one environment variable; TASK_CONTEXT names the file that holds it",
@@ -104,37 +144,47 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
             context.len()
         );
     }
-    let contract: [(&str, OsString); 7] = [
+    let mut contract: Vec<(&str, OsString)> = vec![
         ("RUNNER_ID", facts.runner_id.into()),
         ("POOL_NAME", facts.pool_name.into()),
         ("TASK_CONTEXT", context_env.into()),
-        ("TASK_CONTEXT_FILE", context_path.clone().into()),
-        ("DISPATCHER_HEARTBEAT_FILE", heartbeat_path.clone().into()),
         ("DISPATCHER_ATTEMPT", facts.attempt.to_string().into()),
-        ("DISPATCHER_RUNNER_DIR", dir.path().into()),
     ];
-    let env = runner_env::runner_environment(facts, &contract)?;
+    if let (Some(shown_dir), Some(shown_context)) = (shown_dir, shown_context.clone()) {
+        contract.push(("TASK_CONTEXT_FILE", shown_context.into()));
+        contract.push((
+            "DISPATCHER_HEARTBEAT_FILE",
+            shown_dir.join("heartbeat").into(),
+        ));
+        contract.push(("DISPATCHER_RUNNER_DIR", shown_dir.into()));
+    }
+    let env = runner_env::runner_environment(facts, &contract, view.host_env)?;
 
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&req.log_path)
-        .map_err(prepare(&req.log_path))?;
+        .map_err(prepare_error(&req.log_path))?;
     // A header line makes each attempt's log self-describing.
     let _ = writeln!(
         log,
         "# dispatcher: runner {} task {}/{} attempt {} pool {}",
         facts.runner_id, facts.spec, facts.task.id, facts.attempt, facts.pool_name
     );
-    let log_err = log.try_clone().map_err(prepare(&req.log_path))?;
 
-    let workdir = facts.workdir.to_string_lossy();
-    let context_file = context_path.to_string_lossy();
+    let shown_workdir = view
+        .workdir
+        .as_deref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let context_file = shown_context
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let placeholders = Placeholders {
         task_id: &facts.task.id,
         spec: facts.spec,
         title: &facts.task.title,
-        slot_path: &workdir,
+        slot_path: &shown_workdir,
         branch: facts.task.reserved_branch.as_deref().unwrap_or(""),
         runner_id: facts.runner_id,
         context_file: &context_file,
@@ -163,7 +213,34 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         max_log_bytes: req.max_log_bytes,
         slot_id: facts.task.assigned_slot.clone(),
         memory_limit_mb: pool.memory_limit_mb,
+        engine: pool
+            .kind
+            .is_engine()
+            .then(|| pool.kind.as_str().to_string()),
     };
+    Ok(Prepared {
+        env,
+        record,
+        log,
+        heartbeat_path,
+    })
+}
+
+/// Starts one runner under its supervisor. The runner's record is written and its lock taken
+/// before the supervisor exists, and the supervisor inherits the locked descriptor, so there
+/// is no instant at which the runner exists with a free lock. The supervisor gets a session
+/// of its own, a null stdin, and the attempt's log as stdout and stderr (no pipes: nothing
+/// breaks if the dispatcher dies). The runner's environment is the supervisor's own, so
+/// secrets never go to disk.
+pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchError> {
+    let Prepared {
+        env,
+        record,
+        log,
+        heartbeat_path,
+    } = prepare(req, pool, &RunnerView::local(req))?;
+    let dir = &req.runner_dir;
+    let log_err = log.try_clone().map_err(prepare_error(&req.log_path))?;
     // The record file is also the runner's lock. It is locked here and becomes the
     // supervisor's standard input, so the supervisor holds the lock from its first instant
     // and no other process inherits it. Our copy closes when `record_file` drops, without
@@ -174,10 +251,10 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         .write(true)
         .create_new(true)
         .open(&record_path)
-        .map_err(prepare(&record_path))?;
+        .map_err(prepare_error(&record_path))?;
     if !sys::holds_flock(&record_file) {
         let busy = io::Error::other("the runner lock is already held");
-        return Err(prepare(&record_path)(busy));
+        return Err(prepare_error(&record_path)(busy));
     }
     // Durable before the supervisor exists, like every record of the state dir: the file
     // is new (created exclusively, so no reader ever sees a half-written one) and synced,
@@ -188,14 +265,14 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         .and_then(|()| record_file.sync_all())
         .and_then(|()| File::open(dir.path())?.sync_all())
         .and_then(|()| record_file.rewind())
-        .map_err(prepare(&record_path))?;
-    let program = std::env::current_exe().map_err(prepare(Path::new("/proc/self/exe")))?;
+        .map_err(prepare_error(&record_path))?;
+    let program = std::env::current_exe().map_err(prepare_error(Path::new("/proc/self/exe")))?;
     let supervisor = Command::new(&program)
         .arg(SUPERVISE_ARG)
         .arg(dir.path())
         .env_clear()
         .envs(&env)
-        .current_dir(facts.workdir)
+        .current_dir(&req.workdir)
         .stdin(Stdio::from(record_file))
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
@@ -211,13 +288,13 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         Err(err) => {
             log::warn!(
                 "runner {}: no pidfd for its supervisor ({err}); watching its lock",
-                facts.runner_id
+                req.runner_id
             );
             None
         }
     };
     Ok(Launched {
-        runner_id: facts.runner_id.to_string(),
+        runner_id: req.runner_id.clone(),
         dir: dir.clone(),
         supervisor,
         pidfd,

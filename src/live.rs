@@ -107,6 +107,7 @@ mod tests {
             memory_used_mb: 0,
             memory_quota_mb: None,
             quota_blocked: false,
+            engine_error: None,
         });
         assert_eq!(
             line(&report),

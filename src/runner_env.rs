@@ -25,6 +25,9 @@ pub struct RunnerFacts<'a> {
     pub task: &'a Task,
     pub attempt: u32,
     pub workdir: &'a Path,
+    /// The working directory as the runner sees it (a container's mount point), or `None`
+    /// when the runner cannot see it and clones the repository itself.
+    pub shown_workdir: Option<&'a Path>,
     pub repo_url: Option<&'a str>,
 }
 
@@ -56,7 +59,7 @@ pub fn task_context(facts: &RunnerFacts<'_>) -> Value {
         "dependencies": task.dependencies,
         "required_skill": task.required_skill,
         "slot_id": task.assigned_slot,
-        "slot_path": facts.workdir.to_string_lossy(),
+        "slot_path": facts.shown_workdir.map(Path::to_string_lossy),
         "repo_url": facts.repo_url,
         "branch_name": task.reserved_branch,
         "metadata": task.metadata,
@@ -97,17 +100,22 @@ pub fn config_env_name(key: &str) -> String {
 /// The runner's complete environment: the dispatcher's own (all of it, or only `PATH`,
 /// `HOME` and `pass_env` when `inherit_env = false`), the pool's `env_file` secrets, its
 /// `config` as `RUNNER_<KEY>`, its `env`, then the contract variables, later ones winning.
+/// A runner on another machine (`host_env = false`: a container) gets of the dispatcher's
+/// own environment only the `pass_env` names: this machine's PATH or HOME mean nothing there.
 pub fn runner_environment(
     facts: &RunnerFacts<'_>,
     contract: &[(&str, OsString)],
+    host_env: bool,
 ) -> Result<BTreeMap<OsString, OsString>, EnvError> {
     let pool = facts.pool;
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
         .filter(|(key, _)| {
-            pool.inherit_env || {
-                let key = key.to_string_lossy();
-                ALWAYS_PASSED.contains(&key.as_ref()) || pool.pass_env.iter().any(|p| *p == key)
+            let key = key.to_string_lossy();
+            let passed = pool.pass_env.iter().any(|p| *p == key);
+            if !host_env {
+                return passed;
             }
+            pool.inherit_env || passed || ALWAYS_PASSED.contains(&key.as_ref())
         })
         .collect();
     if let Some(path) = &pool.env_file {

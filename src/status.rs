@@ -98,6 +98,10 @@ pub struct PoolStatus {
     /// Tasks wait because a quota is reached (not the concurrency cap).
     #[serde(default)]
     pub quota_blocked: bool,
+    /// Set while an engine pool's engine does not answer: why. The pool takes no tasks
+    /// until it answers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,6 +125,9 @@ pub struct RunnerStatus {
     pub rss_bytes: Option<u64>,
     #[serde(default)]
     pub cpu_seconds: Option<f64>,
+    /// The engine's id of an engine runner's job (Slurm job id, container id, Job name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -257,6 +264,7 @@ impl StatusReport {
                             adopted: false,
                             rss_bytes: None,
                             cpu_seconds: None,
+                            engine_id: None,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {
@@ -316,6 +324,7 @@ impl StatusReport {
                 memory_used_mb: 0,
                 memory_quota_mb: pool.memory_quota_mb,
                 quota_blocked: false,
+                engine_error: None,
             })
             .collect();
         report
@@ -376,22 +385,32 @@ impl StatusReport {
                         p.memory_used_mb.to_string(),
                         p.memory_quota_mb.map(|q| q.to_string()),
                     ),
-                    match (p.enabled, p.quota_blocked) {
-                        (false, _) => "no".into(),
-                        (true, true) => "yes (at quota)".into(),
-                        (true, false) => "yes".into(),
+                    match (p.enabled, p.quota_blocked, &p.engine_error) {
+                        (false, ..) => "no".into(),
+                        (true, _, Some(_)) => "no (engine down)".into(),
+                        (true, true, None) => "yes (at quota)".into(),
+                        (true, false, None) => "yes".into(),
                     },
                 ]
             });
             let header = ["POOL", "TYPE", "RUNNING", "CPU", "MEMORY MIB", "ENABLED"];
             section(&mut out, "POOLS", &header, rows);
+            for p in &self.pools {
+                if let Some(error) = &p.engine_error {
+                    let _ = writeln!(out, "pool {}: engine does not answer: {error}", p.name);
+                }
+            }
         }
         if !self.running.is_empty() {
             let rows = self.running.iter().map(|r| {
                 vec![
                     format!("{}/{}", r.spec, r.task_id),
                     r.pool.clone().unwrap_or_else(|| "-".into()),
-                    r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    match (&r.engine_id, r.pid) {
+                        (Some(id), _) => id.clone(),
+                        (None, Some(pid)) => pid.to_string(),
+                        (None, None) => "-".into(),
+                    },
                     r.attempt.to_string(),
                     r.runtime_seconds.map_or_else(|| "-".into(), format_seconds),
                     r.rss_bytes
@@ -404,7 +423,7 @@ impl StatusReport {
             let header = [
                 "TASK",
                 "POOL",
-                "PID",
+                "PID/JOB",
                 "ATTEMPT",
                 "RUNTIME",
                 "RSS",

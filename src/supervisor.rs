@@ -98,6 +98,10 @@ pub struct RunnerRecord {
     /// Address-space limit of the runner (and its children), in MiB.
     #[serde(default)]
     pub memory_limit_mb: Option<u64>,
+    /// The engine that runs it (`slurm`, `docker`, `kubernetes`); `None`: a supervisor on this
+    /// machine. An engine runner has no supervisor and no lock: `engine.json` names its job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// `supervisor.json`, written once the runner has started.
@@ -124,6 +128,10 @@ pub struct Exit {
     pub error: Option<String>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Why an engine ended the job when its program did not end it by itself (Slurm's
+    /// `TIMEOUT`, `NODE_FAIL`, a container `OOMKilled` …): a failed attempt, with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Exit {
@@ -138,11 +146,15 @@ impl Exit {
             log_truncated: false,
             error: Some(error),
             finished_at: Some(timefmt::now_string()),
+            reason: None,
         }
     }
 
     pub fn succeeded(&self) -> bool {
-        self.stopped.is_none() && self.error.is_none() && self.exit_code == Some(0)
+        self.stopped.is_none()
+            && self.error.is_none()
+            && self.reason.is_none()
+            && self.exit_code == Some(0)
     }
 
     pub fn duration(&self) -> Duration {
@@ -154,7 +166,7 @@ impl Exit {
         match (self.stopped, &self.error) {
             (Some(reason), _) => reason.as_str(),
             (None, Some(_)) => "lost",
-            (None, None) if self.exit_code == Some(0) => "succeeded",
+            (None, None) if self.succeeded() => "succeeded",
             (None, None) => "failed",
         }
     }
@@ -167,6 +179,13 @@ impl Exit {
             (Some(StopReason::Interrupted), ..) => "interrupted by dispatcher shutdown".into(),
             (Some(StopReason::Cancelled), ..) => "cancelled".into(),
             (None, Some(error), ..) => error.clone(),
+            (None, None, code, _) if self.reason.is_some() => {
+                let reason = self.reason.as_deref().unwrap_or_default();
+                match code {
+                    Some(code) => format!("{reason} (exit code {code})"),
+                    None => reason.to_string(),
+                }
+            }
             (None, None, Some(code), _) => format!("exited with code {code}"),
             (None, None, None, Some(signal)) => format!("killed by signal {signal}"),
             (None, None, None, None) => "ended without an exit status".into(),
@@ -228,19 +247,23 @@ impl RunnerDir {
         read_json(&self.supervisor_path()).ok()
     }
 
-    /// Decided by the lock, never by a pid: a lock we can take means no supervisor.
+    /// Decided by the lock, never by a pid: a lock we can take means no supervisor. An
+    /// engine runner has no supervisor: until its end is recorded, only its engine can say
+    /// it is gone, so it counts as alive here.
     pub fn liveness(&self) -> Liveness {
-        match FileLock::try_acquire(&self.record_path()) {
-            Ok(None) => Liveness::Alive,
-            Ok(Some(_free)) => match self.read_exit() {
-                Some(exit) => Liveness::Exited(exit),
-                None => Liveness::Lost,
-            },
-            Err(_) => match self.read_exit() {
-                Some(exit) => Liveness::Exited(exit),
-                None => Liveness::Lost,
-            },
+        if let Ok(None) = FileLock::try_acquire(&self.record_path()) {
+            return Liveness::Alive;
         }
+        match self.read_exit() {
+            Some(exit) => Liveness::Exited(exit),
+            None if self.engine().is_some() => Liveness::Alive,
+            None => Liveness::Lost,
+        }
+    }
+
+    /// The engine of an engine runner (from `runner.json`).
+    pub fn engine(&self) -> Option<String> {
+        self.read_record().ok().and_then(|record| record.engine)
     }
 
     /// Records why the runner is being stopped; the caller then signals the supervisor.
@@ -468,6 +491,7 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         log_truncated: log_cap.is_some_and(|cap| cap.truncated),
         error: None,
         finished_at: Some(timefmt::now_string()),
+        reason: None,
     };
     eprintln!("# dispatcher-supervisor: runner {}", exit.describe_end());
     write_exit(dir, &exit)

@@ -57,10 +57,18 @@ pub enum WatchCommand {
 }
 
 pub enum RunnerEvent {
-    /// A launcher thread started the runner's supervisor.
+    /// A launcher thread started the runner's supervisor, or an engine accepted its job
+    /// (or an adopted job was found).
     Started {
         runner_id: String,
-        supervisor_pid: u32,
+        supervisor_pid: Option<u32>,
+        /// The engine's id of the job (Slurm job id, container id, Job name).
+        engine_id: Option<String>,
+    },
+    /// Whether an engine pool's engine answers (`error: None`) or not, and why.
+    PoolEngine {
+        pool: String,
+        error: Option<String>,
     },
     /// A launcher thread could not start it.
     LaunchFailed {

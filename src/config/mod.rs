@@ -2,6 +2,7 @@
 //! file, the dotted key and the line.
 
 mod duration;
+mod engine;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use engine::EngineSettings;
 use tree::{Item, Lines, Node, Problem};
 
 use crate::slots::{self, RepoConfig};
@@ -186,12 +188,21 @@ pub struct PoolConfig {
     pub default_memory_mb: u64,
     /// Address-space limit of each runner (setrlimit), in MiB; `None`: no limit.
     pub memory_limit_mb: Option<u64>,
+    /// How an engine pool (slurm, docker, kubernetes) submits and watches its jobs.
+    pub engine: EngineSettings,
 }
 
 /// How a pool runs its agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
+    /// A supervised subprocess on this machine.
     LocalProcess,
+    /// A batch job of a Slurm cluster (`sbatch`).
+    Slurm,
+    /// A container of a Docker engine (`docker run -d`).
+    Docker,
+    /// A `batch/v1` Job of a Kubernetes cluster (`kubectl`).
+    Kubernetes,
 }
 
 impl PoolConfig {
@@ -214,19 +225,32 @@ impl PoolConfig {
             default_cpu: 1.0,
             default_memory_mb: 0,
             memory_limit_mb: None,
+            engine: EngineSettings::default(),
         }
     }
 }
 
 impl PoolKind {
-    const SUPPORTED: &'static [(&'static str, PoolKind)] =
-        &[("local-process", PoolKind::LocalProcess)];
+    const SUPPORTED: &'static [(&'static str, PoolKind)] = &[
+        ("local-process", PoolKind::LocalProcess),
+        ("slurm", PoolKind::Slurm),
+        ("docker", PoolKind::Docker),
+        ("kubernetes", PoolKind::Kubernetes),
+    ];
 
     /// The spelling used in `dispatcher.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             PoolKind::LocalProcess => "local-process",
+            PoolKind::Slurm => "slurm",
+            PoolKind::Docker => "docker",
+            PoolKind::Kubernetes => "kubernetes",
         }
+    }
+
+    /// Whether an external engine runs this pool's runners (no local supervisor).
+    pub fn is_engine(self) -> bool {
+        self != PoolKind::LocalProcess
     }
 }
 
@@ -718,7 +742,12 @@ fn decode_retry(section: &Item<'_>, settings: &mut RetrySettings) -> Result<(), 
 
 fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Problem> {
     let table = section.table()?;
-    table.deny_unknown(POOL_KEYS)?;
+    let known: Vec<&str> = POOL_KEYS
+        .iter()
+        .chain(engine::ENGINE_KEYS)
+        .copied()
+        .collect();
+    table.deny_unknown(&known)?;
     let kind = match table.get("type") {
         None => PoolKind::LocalProcess,
         Some(item) => {
@@ -745,22 +774,30 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         Some(item) => item.bool()?,
         None => true,
     };
-    let Some(command_item) = table.get("command") else {
-        return Err(section.problem("missing key \"command\" (the runner's argv list)"));
+    // A container pool may leave the program to the image's entrypoint.
+    let container = matches!(kind, PoolKind::Docker | PoolKind::Kubernetes);
+    let mut command = match table.get("command") {
+        Some(item) => item
+            .array()?
+            .iter()
+            .map(|item| item.str().map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?,
+        None if container => Vec::new(),
+        None => return Err(section.problem("missing key \"command\" (the runner's argv list)")),
     };
-    let mut command = command_item
-        .array()?
-        .iter()
-        .map(|item| item.str().map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
+    let command_item = table.get("command");
+    let command_item = command_item.as_ref().unwrap_or(section);
     match command.first_mut() {
+        None if container => {}
         None => return Err(command_item.problem("must name a program")),
         Some(program) if program.is_empty() => {
             return Err(command_item.problem("the program name must not be empty"))
         }
         // Runners start in their slot, not here, so a path like `./agents/run.sh` has to be
         // anchored to the config file. A bare name such as `python3` is left for PATH lookup.
-        Some(program) if program.contains('/') && Path::new(program).is_relative() => {
+        Some(program)
+            if !container && program.contains('/') && Path::new(program).is_relative() =>
+        {
             *program = resolve(base_dir, program).to_string_lossy().into_owned();
         }
         Some(_) => {}
@@ -841,6 +878,7 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
             "cpu_quota is below the default request of {default_cpu} CPU: set default_resources"
         )));
     }
+    let engine = engine::decode(&table, section, kind, base_dir)?;
     Ok(PoolConfig {
         kind,
         max_concurrency,
@@ -857,6 +895,7 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         default_cpu,
         default_memory_mb,
         memory_limit_mb,
+        engine,
     })
 }
 
@@ -1344,15 +1383,55 @@ default = "backend"
 
     #[test]
     fn unknown_pool_type_lists_supported_types() {
-        let err = parse_err(
-            "[agent_pools.k8s]\ntype = \"kubernetes\"\ncommand = [\"x\"]\n",
-            2,
-        );
+        let err = parse_err("[agent_pools.n]\ntype = \"nomad\"\ncommand = [\"x\"]\n", 2);
         assert!(
-            err.contains("agent_pools.k8s.type: unknown pool type \"kubernetes\""),
+            err.contains("agent_pools.n.type: unknown pool type \"nomad\""),
             "{err}"
         );
-        assert!(err.contains("supported: local-process"), "{err}");
+        assert!(
+            err.contains("supported: local-process, slurm, docker, kubernetes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn engine_pools_read_their_own_keys() {
+        let config = parse_ok(
+            "[agent_pools.hpc]\ntype = \"slurm\"\ncommand = [\"./agent.sh\"]\n\
+             partition = \"gpu\"\nqos = \"high\"\nextra_args = [\"--gres=gpu:1\"]\n\
+             engine_poll_interval = \"250ms\"\n\
+             [agent_pools.box]\ntype = \"docker\"\nimage = \"agent:1\"\nshared_workspaces = false\n",
+        );
+        let hpc = &config.agent_pools["hpc"];
+        assert_eq!(hpc.kind, PoolKind::Slurm);
+        assert_eq!(hpc.engine.partition.as_deref(), Some("gpu"));
+        assert_eq!(hpc.engine.extra_args, ["--gres=gpu:1"]);
+        assert_eq!(hpc.engine.poll_interval, Duration::from_millis(250));
+        // Slurm nodes share this machine's files: the program is resolved like a local one.
+        assert!(hpc.command[0].ends_with("/agent.sh") && hpc.command[0].starts_with('/'));
+        let docker = &config.agent_pools["box"];
+        assert!(docker.command.is_empty(), "the image's entrypoint runs");
+        assert!(!docker.engine.shared_workspaces);
+    }
+
+    #[test]
+    fn engine_keys_of_another_pool_type_are_rejected() {
+        let err = parse_err(
+            "[agent_pools.box]\ntype = \"docker\"\nimage = \"a\"\npartition = \"gpu\"\n",
+            4,
+        );
+        assert!(
+            err.contains("agent_pools.box.partition: does not apply to a pool of type \"docker\""),
+            "{err}"
+        );
+        let err = parse_err("[agent_pools.l]\ncommand = [\"x\"]\nimage = \"a\"\n", 3);
+        assert!(err.contains("local-process"), "{err}");
+    }
+
+    #[test]
+    fn container_pools_need_an_image() {
+        let err = parse_err("[agent_pools.k]\ntype = \"kubernetes\"\n", 1);
+        assert!(err.contains("missing key \"image\""), "{err}");
     }
 
     #[test]

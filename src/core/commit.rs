@@ -14,7 +14,7 @@ use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
 use crate::registry::{Event, Task, TaskState, Taskset};
-use crate::scheduler::{self, PlanInput, PoolLoad, Request, Resources, TaskKey};
+use crate::scheduler::{self, PlanInput, PoolLoad, Resources, TaskKey};
 use crate::slots::Allocation;
 use crate::supervisor::{Exit, RunnerDir, StopReason};
 use crate::timefmt;
@@ -138,7 +138,7 @@ impl Core {
                 PoolLoad {
                     running: p.running,
                     max: pool.max_concurrency,
-                    enabled: pool.enabled && !p.switched_off,
+                    enabled: p.takes_tasks(&self.config),
                     cpu_used: p.cpu_used,
                     cpu_quota: pool.cpu_quota,
                     memory_used_mb: p.memory_used_mb,
@@ -188,14 +188,13 @@ impl Core {
                 .and_then(|s| s.taskset.clone())
                 .and_then(|ts| ts.task(&key.id).cloned());
             let pool_config = &self.config.agent_pools[&self.pools[pool].name];
-            let default = Resources {
-                cpu: pool_config.default_cpu,
-                memory_mb: pool_config.default_memory_mb,
+            let resources = match &task {
+                Some(task) => crate::scheduler::task_resources(task, Some(pool_config)),
+                None => Resources {
+                    cpu: pool_config.default_cpu,
+                    memory_mb: pool_config.default_memory_mb,
+                },
             };
-            let resources = task
-                .as_ref()
-                .and_then(Request::of_task)
-                .map_or(default, |r| r.or(default));
             self.take_place(pool, resources);
             let repo = task.as_ref().and_then(|t| self.repo_of(t));
             let pick = Pick {
@@ -507,6 +506,7 @@ impl Core {
                 started: Instant::now(),
                 log_path,
                 last_heartbeat: None,
+                engine_id: None,
             },
         );
         match &self.launcher {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{select_biased, Receiver, Sender};
 
 use crate::config::Config;
+use crate::engine::EngineHub;
 use crate::launch_pool::LaunchPool;
 use crate::monitor::{Monitor, RegistryEvent};
 use crate::registry::{Event, EventLog, Registry, TaskState, Taskset};
@@ -122,11 +123,14 @@ struct PoolRuntime {
     quota_blocked: bool,
     /// Switched off with `dispatcher pool disable` (the state dir's `pools.json`).
     switched_off: bool,
+    /// An engine pool whose engine has not answered (yet): why. It takes no tasks.
+    engine_error: Option<String>,
 }
 
 impl PoolRuntime {
-    /// A pool with nothing running in it.
-    fn idle(name: &str) -> PoolRuntime {
+    /// A pool with nothing running in it. An engine pool waits for its engine's first
+    /// answer before it takes tasks.
+    fn idle(name: &str, config: &crate::config::PoolConfig) -> PoolRuntime {
         PoolRuntime {
             name: name.to_string(),
             running: 0,
@@ -134,7 +138,17 @@ impl PoolRuntime {
             memory_used_mb: 0,
             quota_blocked: false,
             switched_off: false,
+            engine_error: config
+                .kind
+                .is_engine()
+                .then(|| "its engine has not answered yet".to_string()),
         }
+    }
+
+    /// Whether it takes new tasks: enabled in the config, not switched off, its engine
+    /// (if any) answering.
+    fn takes_tasks(&self, config: &Config) -> bool {
+        config.agent_pools[&self.name].enabled && !self.switched_off && self.engine_error.is_none()
     }
 }
 
@@ -179,6 +193,8 @@ struct Running {
     started: Instant,
     log_path: PathBuf,
     last_heartbeat: Option<String>,
+    /// The engine's id of its job, for an engine pool's runner.
+    engine_id: Option<String>,
 }
 
 /// An attempt that ended and still has to be written to the registry.
@@ -206,6 +222,8 @@ pub struct Core {
     heartbeat_timeout: Option<Duration>,
     watchdog: Option<Watchdog>,
     launcher: Option<LaunchPool>,
+    /// The watcher threads of engine pools (slurm, docker, kubernetes).
+    engines: Option<EngineHub>,
     monitor: Option<Monitor>,
     /// Events of this turn that may wait for its end (runner starts), appended at once.
     outbox: Vec<Event>,
@@ -286,14 +304,15 @@ impl Core {
             .map_or(0, |d| d.as_millis());
         let pools: Vec<PoolRuntime> = config
             .agent_pools
-            .keys()
-            .map(|name| PoolRuntime::idle(name))
+            .iter()
+            .map(|(name, pool)| PoolRuntime::idle(name, pool))
             .collect();
         let heartbeat = config.dispatcher.heartbeat_timeout;
         Core {
             heartbeat_timeout: (!heartbeat.is_zero()).then_some(heartbeat),
             watchdog: None,
             launcher: None,
+            engines: None,
             monitor: None,
             outbox: Vec::new(),
             slots: SlotManager::new(&config.repo_pool),
@@ -358,7 +377,12 @@ impl Core {
             self.config.dispatcher.poll_interval,
             registry_tx,
         ));
-        match LaunchPool::spawn(&parts.watchdog.handle(), &parts.runner_events_tx) {
+        let engines = EngineHub::new(parts.runner_events_tx.clone());
+        for (name, pool) in &self.config.agent_pools {
+            engines.ensure(name, pool);
+        }
+        self.engines = Some(engines.clone());
+        match LaunchPool::spawn(&parts.watchdog.handle(), &engines, &parts.runner_events_tx) {
             Ok(pool) => self.launcher = Some(pool),
             Err(err) => log::error!("cannot start launcher threads: {err}"),
         }
@@ -452,6 +476,9 @@ impl Core {
         self.monitor.take();
         self.sweep(true);
         self.launcher.take();
+        if let Some(engines) = self.engines.take() {
+            engines.shutdown();
+        }
         self.slot_workers.take();
         // Queued notices (the run's end among them) go out before the state dir is released.
         self.notifier.take();
@@ -511,8 +538,7 @@ impl Core {
     }
 
     fn pool_enabled(&self, pool: usize) -> bool {
-        let runtime = &self.pools[pool];
-        self.config.agent_pools[&runtime.name].enabled && !runtime.switched_off
+        self.pools[pool].takes_tasks(&self.config)
     }
 
     /// Applies `pools.json` when it changed: a pool switched off takes no new tasks (its
@@ -550,10 +576,7 @@ impl Core {
         };
         if self.running.contains_key(&runner_id) && self.cancelling.insert(runner_id.clone()) {
             log::warn!("cancelling {key}: stopping runner {runner_id}");
-            self.send_watchdog(WatchCommand::Stop {
-                runner_id,
-                reason: StopReason::Cancelled,
-            });
+            self.stop_runner(runner_id, StopReason::Cancelled);
         }
     }
 
@@ -627,6 +650,35 @@ impl Core {
         }
     }
 
+    /// Stops one runner: through its engine's watcher for an engine pool's runner, through
+    /// the watchdog (and its supervisor) otherwise.
+    fn stop_runner(&self, runner_id: String, reason: StopReason) {
+        let engine_pool = self
+            .running
+            .get(&runner_id)
+            .filter(|run| run.engine_id.is_some() || self.runs_on_engine(run))
+            .and_then(|run| run.pool)
+            .map(|pool| self.pools[pool].name.clone());
+        match (engine_pool, &self.engines) {
+            (Some(pool), Some(engines)) => engines.stop(&pool, runner_id, reason),
+            _ => self.send_watchdog(WatchCommand::Stop { runner_id, reason }),
+        }
+    }
+
+    fn runs_on_engine(&self, run: &Running) -> bool {
+        run.pool
+            .and_then(|p| self.config.agent_pools.get(&self.pools[p].name))
+            .is_some_and(|pool| pool.kind.is_engine())
+    }
+
+    /// Stops every runner, local and engine ones.
+    fn stop_all_runners(&self, reason: StopReason) {
+        self.send_watchdog(WatchCommand::StopAll { reason });
+        if let Some(engines) = &self.engines {
+            engines.stop_all(reason);
+        }
+    }
+
     // ----- messages -------------------------------------------------------------------
 
     fn on_control(&mut self, msg: Control) {
@@ -654,9 +706,7 @@ impl Core {
                     deadline: Instant::now(),
                     stopping: true,
                 });
-                self.send_watchdog(WatchCommand::StopAll {
-                    reason: StopReason::Interrupted,
-                });
+                self.stop_all_runners(StopReason::Interrupted);
             }
         }
         self.snapshot_dirty = true;
@@ -695,9 +745,7 @@ impl Core {
                         self.running.len()
                     );
                 }
-                self.send_watchdog(WatchCommand::StopAll {
-                    reason: StopReason::Interrupted,
-                });
+                self.stop_all_runners(StopReason::Interrupted);
             }
         }
         let now = Instant::now();
@@ -733,28 +781,51 @@ impl Core {
                     run.usage = Some(usage);
                 }
             }
+            RunnerEvent::PoolEngine { pool, error } => {
+                if let Some(runtime) = self.pools.iter_mut().find(|p| p.name == pool) {
+                    runtime.engine_error = error;
+                }
+            }
             RunnerEvent::Started {
                 runner_id,
                 supervisor_pid,
+                engine_id,
             } => {
-                if let Some(run) = self.running.get(&runner_id) {
+                if let Some(run) = self.running.get_mut(&runner_id) {
+                    if run.adopted || run.engine_id.is_some() {
+                        // An adopted job found again: nothing new started.
+                        run.engine_id = engine_id;
+                        self.snapshot_dirty = true;
+                        return;
+                    }
+                    run.engine_id.clone_from(&engine_id);
+                    let run = &self.running[&runner_id];
                     let waited = timefmt::now().signed_duration_since(run.ready_at);
                     let waited = waited.to_std().unwrap_or_default().as_secs_f64();
                     self.counters.task_wait_seconds.observe(waited);
                     let pool = run.pool.map_or("?", |p| self.pools[p].name.as_str());
+                    let how = match (&engine_id, supervisor_pid) {
+                        (Some(id), _) => format!("job {id}"),
+                        (None, Some(pid)) => format!("supervisor pid {pid}"),
+                        (None, None) => "no supervisor".to_string(),
+                    };
                     log::info!(
-                        "started {} attempt {} on pool {pool} (runner {runner_id}, supervisor pid {supervisor_pid})",
+                        "started {} attempt {} on pool {pool} (runner {runner_id}, {how})",
                         run.key,
                         run.attempt
                     );
-                    self.outbox.push(
-                        Event::new("RunnerStarted", &run.key.spec, Some(&run.key.id))
-                            .with("runner_id", runner_id.as_str())
-                            .with("pool", pool)
-                            .with("attempt", run.attempt)
-                            .with("supervisor_pid", supervisor_pid)
-                            .with("log_file", run.log_path.display().to_string()),
-                    );
+                    let mut event = Event::new("RunnerStarted", &run.key.spec, Some(&run.key.id))
+                        .with("runner_id", runner_id.as_str())
+                        .with("pool", pool)
+                        .with("attempt", run.attempt)
+                        .with("log_file", run.log_path.display().to_string());
+                    if let Some(pid) = supervisor_pid {
+                        event = event.with("supervisor_pid", pid);
+                    }
+                    if let Some(id) = &engine_id {
+                        event = event.with("engine_id", id.as_str());
+                    }
+                    self.outbox.push(event);
                 }
             }
             RunnerEvent::LaunchFailed { runner_id, error } => self.launch_failed(&runner_id, error),

@@ -10,10 +10,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{Core, Finish, Running};
+use crate::engine::EngineCommand;
 use crate::registry::{Event, Task, TaskState};
-use crate::scheduler::{Request, Resources, TaskKey};
+use crate::scheduler::TaskKey;
 use crate::statedir::StateDir;
-use crate::supervisor::{Exit, Liveness, RunnerDir};
+use crate::supervisor::{Exit, Liveness, RunnerDir, RunnerRecord};
 use crate::sys::{self, PidFd};
 use crate::timefmt;
 use crate::watchdog::{Watch, WatchCommand};
@@ -88,16 +89,11 @@ impl Core {
             .as_deref()
             .and_then(|name| self.pools.iter().position(|p| p.name == name));
         let slot = self.slot_hold_of(task);
-        let default = meta
+        let pool_config = meta
             .pool
             .as_deref()
-            .and_then(|name| self.config.agent_pools.get(name))
-            .map(|config| Resources {
-                cpu: config.default_cpu,
-                memory_mb: config.default_memory_mb,
-            })
-            .unwrap_or_default();
-        let resources = Request::of_task(task).map_or(default, |r| r.or(default));
+            .and_then(|name| self.config.agent_pools.get(name));
+        let resources = crate::scheduler::task_resources(task, pool_config);
         let mut run = Running {
             slot,
             resources,
@@ -114,6 +110,7 @@ impl Core {
             started: Instant::now(),
             log_path: self.state.attempt_log(&key.spec, &key.id, meta.attempts),
             last_heartbeat: None,
+            engine_id: None,
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {
@@ -123,7 +120,16 @@ impl Core {
             Err(_) => None,
         };
         let liveness = dir.as_ref().map_or(Liveness::Lost, RunnerDir::liveness);
+        let engine_record = dir
+            .as_ref()
+            .and_then(|d| d.read_record().ok())
+            .filter(|r| r.engine.is_some());
         match liveness {
+            Liveness::Alive if engine_record.is_some() => {
+                let dir = dir.expect("alive runners have a directory");
+                let record = engine_record.expect("checked above");
+                self.adopt_engine_runner(key, task, run, dir, record);
+            }
             Liveness::Alive => {
                 let dir = dir.expect("alive runners have a directory");
                 let info = dir.read_supervisor();
@@ -181,6 +187,66 @@ impl Core {
                 self.pending.push(Finish { run, exit });
             }
         }
+    }
+
+    /// A job an earlier dispatcher submitted to an engine pool: its watcher finds the job
+    /// (by the id in `engine.json`, or by name) and reports its end, or that it is gone.
+    fn adopt_engine_runner(
+        &mut self,
+        key: &TaskKey,
+        task: &Task,
+        mut run: Running,
+        dir: RunnerDir,
+        record: RunnerRecord,
+    ) {
+        let runner_id = run.runner_id.clone();
+        let job = crate::engine::read_engine_record(&dir).map(|r| r.job_id);
+        run.started_at.clone_from(&record.created_at);
+        run.log_path.clone_from(&record.log_path);
+        run.engine_id.clone_from(&job);
+        log::info!(
+            "adopting runner {runner_id} of {key} (attempt {}), job {} of pool {}",
+            run.attempt,
+            job.as_deref()
+                .unwrap_or("not recorded; looking for it by name"),
+            record.pool
+        );
+        let mut event = Event::new("RunnerAdopted", &key.spec, Some(&key.id))
+            .with("runner_id", runner_id.as_str())
+            .with("attempt", run.attempt);
+        if let Some(job) = &job {
+            event = event.with("engine_id", job.as_str());
+        }
+        self.events.append(&[event]);
+        let pool_name = record.pool.clone();
+        let pool_config = self.config.agent_pools.get(&pool_name).cloned();
+        match (&self.engines, &pool_config) {
+            (Some(engines), Some(pool)) if pool.kind.is_engine() => engines.send(
+                &pool_name,
+                pool,
+                EngineCommand::Adopt {
+                    runner_id: runner_id.clone(),
+                    dir,
+                    record: Box::new(record),
+                },
+            ),
+            _ => {
+                log::warn!(
+                    "runner {runner_id} of {key} ran on engine pool {pool_name} which is no longer configured; the attempt counts as lost"
+                );
+                let exit = Exit::without_status(
+                    &runner_id,
+                    format!("runner lost: its pool {pool_name} is no longer configured"),
+                );
+                self.pending.push(Finish { run, exit });
+                return;
+            }
+        }
+        if let Some(pool) = run.pool {
+            self.take_place(pool, run.resources);
+        }
+        self.running.insert(runner_id, run);
+        self.honour_cancel(key, task);
     }
 
     /// A task RUNNING under another dispatcher's claim is left alone unless its owner is

@@ -47,18 +47,21 @@ impl Core {
         let old_pools = std::mem::take(&mut self.pools);
         self.pools = config
             .agent_pools
-            .keys()
-            .map(|name| match old_pools.iter().find(|p| &p.name == name) {
-                Some(p) => PoolRuntime {
-                    name: name.clone(),
-                    running: p.running,
-                    cpu_used: p.cpu_used,
-                    memory_used_mb: p.memory_used_mb,
-                    quota_blocked: false,
-                    switched_off: p.switched_off,
+            .iter()
+            .map(
+                |(name, pool)| match old_pools.iter().find(|p| &p.name == name) {
+                    Some(p) => PoolRuntime {
+                        name: name.clone(),
+                        running: p.running,
+                        cpu_used: p.cpu_used,
+                        memory_used_mb: p.memory_used_mb,
+                        quota_blocked: false,
+                        switched_off: p.switched_off,
+                        engine_error: p.engine_error.clone(),
+                    },
+                    None => PoolRuntime::idle(name, pool),
                 },
-                None => PoolRuntime::idle(name),
-            })
+            )
             .collect();
         // Places held by running tasks and picks move to their pool's new index.
         let remap = |index: usize, pools: &[PoolRuntime]| {

@@ -89,6 +89,7 @@ impl Core {
                 runtime_seconds: Some(r.started.elapsed().as_secs_f64()),
                 last_heartbeat: r.last_heartbeat.clone(),
                 log_file: Some(r.log_path.display().to_string()),
+                engine_id: r.engine_id.clone(),
             })
             .collect();
         running.sort_by(|a, b| (&a.spec, &a.task_id).cmp(&(&b.spec, &b.task_id)));
@@ -147,6 +148,7 @@ impl Core {
                         memory_used_mb: p.memory_used_mb,
                         memory_quota_mb: pool.memory_quota_mb,
                         quota_blocked: p.quota_blocked,
+                        engine_error: p.engine_error.clone(),
                     }
                 })
                 .collect(),

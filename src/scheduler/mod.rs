@@ -104,6 +104,18 @@ impl Request {
     }
 }
 
+/// What a task asks of its pool: its own `metadata.resources`, the rest from the pool's
+/// `default_resources` (or the built-in default when the pool is unknown).
+pub fn task_resources(task: &Task, pool: Option<&crate::config::PoolConfig>) -> Resources {
+    let default = pool
+        .map(|config| Resources {
+            cpu: config.default_cpu,
+            memory_mb: config.default_memory_mb,
+        })
+        .unwrap_or_default();
+    Request::of_task(task).map_or(default, |r| r.or(default))
+}
+
 impl From<Resources> for Request {
     fn from(full: Resources) -> Request {
         Request {
