@@ -125,6 +125,9 @@ struct PoolRuntime {
     switched_off: bool,
     /// An engine pool whose engine has not answered (yet): why. It takes no tasks.
     engine_error: Option<String>,
+    /// Whether its engine has been asked once (always true for a local pool): until then
+    /// `--until-idle` cannot tell whether its tasks will run.
+    engine_checked: bool,
 }
 
 impl PoolRuntime {
@@ -142,6 +145,7 @@ impl PoolRuntime {
                 .kind
                 .is_engine()
                 .then(|| "its engine has not answered yet".to_string()),
+            engine_checked: !config.kind.is_engine(),
         }
     }
 
@@ -784,6 +788,7 @@ impl Core {
             RunnerEvent::PoolEngine { pool, error } => {
                 if let Some(runtime) = self.pools.iter_mut().find(|p| p.name == pool) {
                     runtime.engine_error = error;
+                    runtime.engine_checked = true;
                 }
             }
             RunnerEvent::Started {
@@ -960,6 +965,7 @@ impl Core {
             || !self.retry.is_empty()
             || self.specs.values().any(|s| s.suspended_until.is_some())
             || self.queue_has_servable_task()
+            || self.pools.iter().any(|p| !p.engine_checked)
             || self.running_elsewhere();
         if busy {
             return None;

@@ -48,8 +48,11 @@ impl Core {
         self.pools = config
             .agent_pools
             .iter()
-            .map(
-                |(name, pool)| match old_pools.iter().find(|p| &p.name == name) {
+            .map(|(name, pool)| {
+                match old_pools
+                    .iter()
+                    .find(|p| &p.name == name && old.agent_pools[name].kind == pool.kind)
+                {
                     Some(p) => PoolRuntime {
                         name: name.clone(),
                         running: p.running,
@@ -58,11 +61,17 @@ impl Core {
                         quota_blocked: false,
                         switched_off: p.switched_off,
                         engine_error: p.engine_error.clone(),
+                        engine_checked: p.engine_checked,
                     },
                     None => PoolRuntime::idle(name, pool),
-                },
-            )
+                }
+            })
             .collect();
+        if let Some(engines) = &self.engines {
+            for (name, pool) in &config.agent_pools {
+                engines.ensure(name, pool);
+            }
+        }
         // Places held by running tasks and picks move to their pool's new index.
         let remap = |index: usize, pools: &[PoolRuntime]| {
             let name = &old_pools[index].name;

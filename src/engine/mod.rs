@@ -220,10 +220,10 @@ impl EngineHub {
         let (tx, rx) = crossbeam_channel::unbounded();
         let events = inner.events.clone();
         let name = pool_name.to_string();
-        let settings = pool.engine.clone();
+        let config = pool.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("engine-{pool_name}"))
-            .spawn(move || watch::Watcher::new(name, engine, settings, events).run(&rx));
+            .spawn(move || watch::Watcher::new(name, engine, &config, events).run(&rx));
         match spawned {
             Ok(thread) => {
                 inner.pools.insert(pool_name.to_string(), tx);

@@ -15,7 +15,7 @@ use super::{
     read_engine_record, write_engine_record, Ending, Engine, EngineCommand, EngineRecord, JobState,
     Submission,
 };
-use crate::config::{Config, EngineSettings};
+use crate::config::{Config, EngineSettings, PoolConfig, PoolKind};
 use crate::launcher::{self, LaunchSpec, Prepared};
 use crate::supervisor::{Exit, RunnerDir, RunnerRecord, StopReason};
 use crate::timefmt;
@@ -52,6 +52,7 @@ struct Job {
 pub(super) struct Watcher {
     pool: String,
     engine: Box<dyn Engine>,
+    kind: PoolKind,
     settings: EngineSettings,
     events: Sender<RunnerEvent>,
     jobs: HashMap<String, Job>,
@@ -64,13 +65,14 @@ impl Watcher {
     pub(super) fn new(
         pool: String,
         engine: Box<dyn Engine>,
-        settings: EngineSettings,
+        config: &PoolConfig,
         events: Sender<RunnerEvent>,
     ) -> Watcher {
         Watcher {
             pool,
             engine,
-            settings,
+            kind: config.kind,
+            settings: config.engine.clone(),
             events,
             jobs: HashMap::new(),
             down: Some("not checked yet".into()),
@@ -179,9 +181,10 @@ impl Watcher {
             return;
         };
         // Settings changed by a reload apply from the next submission on.
-        if pool.engine != self.settings {
+        if pool.engine != self.settings || pool.kind != self.kind {
             if let Some(engine) = super::build(&spec.pool_name, pool) {
                 self.engine = engine;
+                self.kind = pool.kind;
                 self.settings = pool.engine.clone();
             }
         }
