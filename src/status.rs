@@ -13,6 +13,7 @@ use crate::deadlock::{self, Finding};
 use crate::fsutil;
 use crate::registry::{Registry, TaskState};
 use crate::statedir::StateDir;
+use crate::supervisor::RunnerDir;
 use crate::sys::pid_alive;
 use crate::timefmt;
 use crate::view;
@@ -217,6 +218,7 @@ impl StatusReport {
         };
         let mut pool_running: BTreeMap<String, usize> = BTreeMap::new();
         let service = deadlock::configured_service(config);
+        let state = crate::statedir::StateDir::new(&config.dispatcher.state_dir);
         let specs = registry.list_specs().unwrap_or_default();
         for spec in specs {
             let taskset = match registry.load(&spec) {
@@ -249,8 +251,16 @@ impl StatusReport {
                         if let Some(pool) = &meta.pool {
                             *pool_running.entry(pool.clone()).or_default() += 1;
                         }
+                        let runner_id = task.runner_id.clone().or(meta.runner_id.clone());
+                        // An engine job goes on while no dispatcher runs: its id is on disk.
+                        let engine_id = runner_id
+                            .as_deref()
+                            .filter(|id| crate::names::validate("runner id", id).is_ok())
+                            .map(|id| RunnerDir::new(state.runner_dir(id)))
+                            .and_then(|dir| crate::engine::read_engine_record(&dir))
+                            .map(|record| record.job_id);
                         report.running.push(RunnerStatus {
-                            runner_id: task.runner_id.clone().or(meta.runner_id.clone()),
+                            runner_id,
                             spec: spec.clone(),
                             task_id: task.id.clone(),
                             title: task.title.clone(),
@@ -264,7 +274,7 @@ impl StatusReport {
                             adopted: false,
                             rss_bytes: None,
                             cpu_seconds: None,
-                            engine_id: None,
+                            engine_id,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {

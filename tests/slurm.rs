@@ -313,6 +313,13 @@ fn a_restarted_dispatcher_adopts_the_running_job_by_its_id() {
     first.signal(libc::SIGKILL);
     first.wait(DEADLINE);
     assert_eq!(job_state(conf, &job), "RUNNING");
+    let offline = status_json(&env);
+    assert_eq!(offline["dispatcher"]["running"], false);
+    assert_eq!(
+        offline["running"][0]["engine_id"],
+        job.as_str(),
+        "status without a dispatcher names the job: {offline}"
+    );
 
     let mut second = spawn(&env, conf, &["--until-idle"]);
     wait_for("status to show the adopted job", || {

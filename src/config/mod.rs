@@ -849,6 +849,12 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         None => None,
     };
     let memory_limit_mb = match table.get("memory_limit_mb") {
+        Some(item) if kind.is_engine() => {
+            return Err(item.problem(format!(
+                "applies to local-process pools only; a {} job's memory limit is the task's memory request",
+                kind.as_str()
+            )))
+        }
         Some(item) => Some(item.integer(1)?),
         None => None,
     };
@@ -1426,6 +1432,11 @@ default = "backend"
         );
         let err = parse_err("[agent_pools.l]\ncommand = [\"x\"]\nimage = \"a\"\n", 3);
         assert!(err.contains("local-process"), "{err}");
+        let err = parse_err(
+            "[agent_pools.h]\ntype = \"slurm\"\ncommand = [\"x\"]\nmemory_limit_mb = 512\n",
+            4,
+        );
+        assert!(err.contains("applies to local-process pools only"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub(super) struct Watcher {
     jobs: HashMap<String, Job>,
     /// `Some(why)` while the engine does not answer.
     down: Option<String>,
+    /// The last failure to read the jobs, so that a long outage is logged once.
+    poll_error: Option<String>,
     next_check: Instant,
 }
 
@@ -76,6 +78,7 @@ impl Watcher {
             events,
             jobs: HashMap::new(),
             down: Some("not checked yet".into()),
+            poll_error: None,
             next_check: Instant::now(),
         }
     }
@@ -328,10 +331,19 @@ impl Watcher {
             return;
         }
         let states = match self.engine.poll(&ids) {
-            Ok(states) => states,
+            Ok(states) => {
+                if self.poll_error.take().is_some() {
+                    log::info!("pool {}: its jobs can be read again", self.pool);
+                }
+                states
+            }
             Err(err) => {
-                // Never an end: the jobs may well run on. Asked again next tick.
-                log::warn!("pool {}: cannot look at its jobs: {err}", self.pool);
+                // Never an end: the jobs may well run on. Asked again next tick; said once.
+                let error = err.to_string();
+                if self.poll_error.as_deref() != Some(error.as_str()) {
+                    log::warn!("pool {}: cannot look at its jobs: {error}", self.pool);
+                }
+                self.poll_error = Some(error);
                 return;
             }
         };
