@@ -132,6 +132,57 @@ pub struct Exit {
     /// `TIMEOUT`, `NODE_FAIL`, a container `OOMKilled` …): a failed attempt, with this reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why a failed attempt failed, when something says so (the runner's exit code 75 or
+    /// result file, the pool's output patterns, a failed worktree setup); `None`: plain failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<FailureClass>,
+}
+
+/// Kinds of failure that are handled differently from a plain failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The runner failed on its own account: counted, retried with backoff.
+    Failed,
+    /// The provider refused for now: the pool's breaker opens; the attempt is not counted.
+    RateLimited,
+    /// The provider's credentials expired: the pool's breaker opens; not counted.
+    AuthExpired,
+    /// Something around the runner failed (the machine, the network, worktree setup):
+    /// retried with backoff without counting against the task.
+    Infra,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 4] = [
+        FailureClass::Failed,
+        FailureClass::RateLimited,
+        FailureClass::AuthExpired,
+        FailureClass::Infra,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Failed => "failed",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::AuthExpired => "auth_expired",
+            FailureClass::Infra => "infra",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
+    /// Whether this failure opens its pool's circuit breaker.
+    pub fn opens_breaker(self) -> bool {
+        matches!(self, FailureClass::RateLimited | FailureClass::AuthExpired)
+    }
+
+    /// Whether the attempt counts against the task's `max_attempts`.
+    pub fn counts(self) -> bool {
+        self == FailureClass::Failed
+    }
 }
 
 impl Exit {
@@ -147,6 +198,7 @@ impl Exit {
             error: Some(error),
             finished_at: Some(timefmt::now_string()),
             reason: None,
+            class: None,
         }
     }
 
@@ -492,6 +544,7 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         error: None,
         finished_at: Some(timefmt::now_string()),
         reason: None,
+        class: None,
     };
     eprintln!("# dispatcher-supervisor: runner {}", exit.describe_end());
     write_exit(dir, &exit)

@@ -133,7 +133,12 @@ fn running_job(env: &Env) -> String {
 fn assert_exit(run: &mut Run, code: i32) {
     let status = run.wait(DEADLINE);
     let log = run.stderr();
-    assert_eq!(status.code(), Some(code), "dispatcher log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "dispatcher log {}:\n{log}",
+        run.log.display()
+    );
     assert!(!log.contains("panicked"), "dispatcher panicked:\n{log}");
 }
 

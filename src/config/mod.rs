@@ -88,6 +88,9 @@ impl SchedulingPolicy {
 #[derive(Debug, Clone)]
 pub struct RetrySettings {
     pub max_attempts: u32,
+    /// Retries after `infra` failures, which do not count against `max_attempts`; past it
+    /// the task fails, so a broken machine cannot retry a task forever.
+    pub max_infra_retries: u32,
     pub backoff_base: f64,
     pub initial_delay: Duration,
     pub max_delay: Duration,
@@ -314,7 +317,13 @@ const DISPATCHER_KEYS: &[&str] = &[
     "max_log_bytes",
     "starvation_after",
 ];
-const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base", "initial_delay", "max_delay"];
+const RETRY_KEYS: &[&str] = &[
+    "max_attempts",
+    "max_infra_retries",
+    "backoff_base",
+    "initial_delay",
+    "max_delay",
+];
 const REGISTRY_KEYS: &[&str] = &["dir"];
 const REPO_POOL_KEYS: &[&str] = &["dir", "repos"];
 const REPO_KEYS: &[&str] = &["name", "url", "slots", "base_branch", "branch_pattern"];
@@ -373,6 +382,7 @@ impl Config {
             },
             retry: RetrySettings {
                 max_attempts: 3,
+                max_infra_retries: 10,
                 backoff_base: 2.0,
                 initial_delay: Duration::from_secs(10),
                 max_delay: Duration::from_secs(300),
@@ -712,6 +722,9 @@ fn decode_retry(section: &Item<'_>, settings: &mut RetrySettings) -> Result<(), 
     table.deny_unknown(RETRY_KEYS)?;
     if let Some(item) = table.get("max_attempts") {
         settings.max_attempts = item.integer(1)?;
+    }
+    if let Some(item) = table.get("max_infra_retries") {
+        settings.max_infra_retries = item.integer(0)?;
     }
     if let Some(item) = table.get("backoff_base") {
         let base = item.float()?;

@@ -13,10 +13,10 @@ use serde_json::json;
 use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
-use crate::registry::{Event, Task, TaskState, Taskset};
+use crate::registry::{AttemptRecord, Event, Task, TaskState, Taskset};
 use crate::scheduler::{self, PlanInput, PoolLoad, Resources, TaskKey};
 use crate::slots::Allocation;
-use crate::supervisor::{Exit, RunnerDir, StopReason};
+use crate::supervisor::{Exit, FailureClass, RunnerDir, StopReason};
 use crate::timefmt;
 use crate::view;
 
@@ -48,6 +48,9 @@ pub(super) enum Verdict {
     Failed(u32),
     /// Back to ready without counting the attempt.
     Interrupted,
+    /// Back to ready without counting the attempt: its pool's breaker opened (rate limit,
+    /// expired credentials).
+    Requeued(FailureClass),
     /// Failed for good by `dispatcher cancel`.
     Cancelled,
     /// The task changed under us (removed, reset by hand): nothing written.
@@ -595,7 +598,10 @@ fn apply_finish(
     let mut meta = task.dispatcher_meta();
     meta.last_exit_code = exit.exit_code;
     meta.pid = None;
-    task.updated_at = Some(now_text);
+    task.updated_at = Some(now_text.clone());
+    let class = exit
+        .class
+        .filter(|_| !exit.succeeded() && exit.stopped.is_none());
     let verdict = if exit.succeeded() {
         // Done is done, even if a cancel arrived as the runner was finishing.
         task.state = TaskState::Done;
@@ -616,14 +622,38 @@ fn apply_finish(
         task.state = TaskState::Ready;
         task.runner_id = None;
         Verdict::Interrupted
+    } else if let Some(class) = class.filter(|c| c.opens_breaker()) {
+        // The provider, not the task, failed: the breaker holds the pool back, and the task
+        // keeps its attempt and its place in line.
+        meta.attempts = meta.attempts.saturating_sub(1);
+        meta.last_error = Some(exit.describe());
+        meta.next_attempt_at = None;
+        task.state = TaskState::Ready;
+        task.runner_id = None;
+        Verdict::Requeued(class)
     } else {
         meta.last_error = Some(exit.describe());
-        if meta.attempts >= retry.max_attempts {
+        let infra = class == Some(FailureClass::Infra);
+        if infra {
+            meta.attempts = meta.attempts.saturating_sub(1);
+            meta.infra_failures += 1;
+        }
+        let exhausted = if infra {
+            meta.infra_failures > retry.max_infra_retries
+        } else {
+            meta.attempts >= retry.max_attempts
+        };
+        if exhausted {
             task.state = TaskState::Failed;
             meta.next_attempt_at = None;
             Verdict::Failed(meta.attempts)
         } else {
-            let delay = retry.backoff(meta.attempts);
+            let nth = if infra {
+                meta.infra_failures
+            } else {
+                meta.attempts
+            };
+            let delay = retry.backoff(nth);
             let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
             let at_text = timefmt::format(at);
             meta.next_attempt_at = Some(at_text.clone());
@@ -633,6 +663,22 @@ fn apply_finish(
             Verdict::Retry(at_text, delay)
         }
     };
+    let counted = !matches!(verdict, Verdict::Interrupted | Verdict::Requeued(_))
+        && class != Some(FailureClass::Infra);
+    meta.history.push(AttemptRecord {
+        attempt: finish.run.attempt,
+        runner_id: finish.run.runner_id.clone(),
+        pool: meta.pool.clone(),
+        started_at: Some(finish.run.started_at.clone()).filter(|s| !s.is_empty()),
+        ended_at: now_text,
+        outcome: exit.outcome().to_string(),
+        class: class.map(|c| c.as_str().to_string()),
+        error: (!exit.succeeded()).then(|| exit.describe()),
+        exit_code: exit.exit_code,
+        counted,
+        log_file: Some(finish.run.log_path.display().to_string()),
+        ..AttemptRecord::default()
+    });
     task.set_dispatcher_meta(&meta);
     verdict
 }
@@ -734,6 +780,13 @@ fn finish_events(finish: &Finish, verdict: &Verdict) -> Vec<Event> {
                 .with("new_state", "ready")
                 .with("reason", "dispatcher shutdown"),
         ),
+        Verdict::Requeued(class) => events.push(
+            base("TaskRequeued")
+                .with("old_state", "running")
+                .with("new_state", "ready")
+                .with("class", class.as_str())
+                .with("error", exit.describe()),
+        ),
         Verdict::Gone => {}
     }
     events
@@ -758,6 +811,11 @@ fn log_verdict(finish: &Finish, verdict: &Verdict, unblocked: &[String]) {
             finish.exit.describe()
         ),
         Verdict::Interrupted => log::warn!("{key} interrupted; back to ready"),
+        Verdict::Requeued(class) => log::warn!(
+            "{key} attempt {attempt} ended {} ({}); back to ready, the attempt not counted",
+            class.as_str(),
+            finish.exit.describe()
+        ),
         Verdict::Cancelled => log::warn!("{key} cancelled"),
         Verdict::Gone => log::warn!(
             "{key} changed in the registry while runner {} ran; its end was not recorded",

@@ -488,6 +488,7 @@ impl Watcher {
             error,
             finished_at: Some(timefmt::now_string()),
             reason: ending.reason.filter(|_| job.stopping.is_none()),
+            class: None,
         };
         let bytes = serde_json::to_vec_pretty(&exit).unwrap_or_default();
         if let Err(err) = crate::fsutil::write_atomic(&job.dir.exit_path(), &bytes) {

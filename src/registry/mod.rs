@@ -9,7 +9,7 @@ mod store;
 
 pub use error::RegistryError;
 pub use events::{Event, EventLog};
-pub use model::{DispatcherMeta, Task, TaskState, Taskset};
+pub use model::{AttemptRecord, DispatcherMeta, Task, TaskState, Taskset};
 pub use store::{Fingerprint, Registry};
 
 #[cfg(test)]

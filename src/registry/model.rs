@@ -110,6 +110,51 @@ pub struct DispatcherMeta {
     /// `dispatcher cancel` asked for the running attempt to be stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// Attempts that failed for `infra` reasons (not counted in `attempts`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub infra_failures: u32,
+    /// Every ended attempt, oldest first (`dispatcher attempts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One ended attempt of a task, kept in its metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct AttemptRecord {
+    /// The attempt's number; an attempt that did not count shares its number with the next.
+    pub attempt: u32,
+    pub runner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub ended_at: String,
+    /// `succeeded`, `failed`, `timed_out`, `heartbeat_lost`, `cancelled`, `interrupted`, `lost`.
+    pub outcome: String,
+    /// The failure class, when one was given (`rate_limited`, `auth_expired`, `infra` …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether it counted against `max_attempts`.
+    pub counted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
+    /// The git ref holding the attempt's worktree, uncommitted changes included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ref: Option<String>,
+    /// What the runner reported spending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
