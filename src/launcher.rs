@@ -157,6 +157,10 @@ pub fn prepare(
             shown_dir.join("heartbeat").into(),
         ));
         contract.push(("DISPATCHER_RUNNER_DIR", shown_dir.into()));
+        contract.push((
+            "DISPATCHER_RESULT_FILE",
+            shown_dir.join("result.json").into(),
+        ));
     }
     let env = runner_env::runner_environment(facts, &contract, view.host_env)?;
 

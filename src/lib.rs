@@ -28,6 +28,7 @@ pub mod placeholders;
 pub mod procfs;
 pub mod registry;
 pub mod runner_env;
+pub mod runner_report;
 pub mod scheduler;
 pub mod slot_worker;
 pub mod slots;

@@ -108,6 +108,7 @@ mod tests {
             memory_quota_mb: None,
             quota_blocked: false,
             engine_error: None,
+            breaker: None,
         });
         assert_eq!(
             line(&report),

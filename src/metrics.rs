@@ -111,7 +111,7 @@ pub fn render(report: &StatusReport) -> String {
         report.waiting_for_slot.len() as f64,
     );
 
-    let pool_gauges: [(&str, &str); 11] = [
+    let pool_gauges: [(&str, &str); 12] = [
         (
             "dispatcher_running_tasks",
             "tasks running (or starting) in the pool",
@@ -143,6 +143,10 @@ pub fn render(report: &StatusReport) -> String {
             "1 while tasks wait for the pool's CPU or memory quota",
         ),
         (
+            "dispatcher_pool_breaker_open",
+            "1 while the pool's circuit breaker is open (rate limit, expired credentials)",
+        ),
+        (
             "dispatcher_pool_engine_up",
             "1 when an engine pool's engine answers, 0 while it does not (absent for local pools)",
         ),
@@ -167,6 +171,7 @@ pub fn render(report: &StatusReport) -> String {
                 "dispatcher_pool_memory_used_mb" => Some(pool.memory_used_mb as f64),
                 "dispatcher_pool_memory_quota_mb" => pool.memory_quota_mb.map(|q| q as f64),
                 "dispatcher_pool_quota_blocked" => Some(f64::from(u8::from(pool.quota_blocked))),
+                "dispatcher_pool_breaker_open" => Some(f64::from(u8::from(pool.breaker.is_some()))),
                 "dispatcher_pool_engine_up" if pool.kind != "local-process" => {
                     Some(f64::from(u8::from(pool.engine_error.is_none())))
                 }
@@ -360,6 +365,7 @@ mod tests {
             memory_quota_mb: None,
             quota_blocked: false,
             engine_error: None,
+            breaker: None,
         });
         report.tasksets.push(TasksetStatus {
             spec: "s".into(),

@@ -12,6 +12,8 @@ use serde_json::{json, Map, Value};
 
 /// The notice kinds a user can ask for in `[notifications] events`.
 pub const KINDS: &[&str] = &[
+    "breaker_opened",
+    "breaker_closed",
     "task_failed",
     "task_done",
     "task_retry",
@@ -21,7 +23,13 @@ pub const KINDS: &[&str] = &[
 ];
 
 /// What is sent by default: what needs a person's attention or ends a run.
-pub const DEFAULT_KINDS: &[&str] = &["task_failed", "deadlock", "drained", "run_finished"];
+pub const DEFAULT_KINDS: &[&str] = &[
+    "task_failed",
+    "deadlock",
+    "drained",
+    "run_finished",
+    "breaker_opened",
+];
 
 /// How long shutting down waits for queued notices to go out.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);

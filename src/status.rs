@@ -103,6 +103,19 @@ pub struct PoolStatus {
     /// until it answers again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_error: Option<String>,
+    /// Set while the pool's circuit breaker is open (after a rate-limit or expired
+    /// credentials): it takes no new tasks until `closes_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BreakerStatus {
+    /// `rate_limited` or `auth_expired`.
+    pub class: String,
+    pub message: String,
+    pub opened_at: String,
+    pub closes_at: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -335,6 +348,7 @@ impl StatusReport {
                 memory_quota_mb: pool.memory_quota_mb,
                 quota_blocked: false,
                 engine_error: None,
+                breaker: None,
             })
             .collect();
         report
@@ -398,6 +412,7 @@ impl StatusReport {
                     match (p.enabled, p.quota_blocked, &p.engine_error) {
                         (false, ..) => "no".into(),
                         (true, _, Some(_)) => "no (engine down)".into(),
+                        _ if p.breaker.is_some() => "no (breaker open)".into(),
                         (true, true, None) => "yes (at quota)".into(),
                         (true, false, None) => "yes".into(),
                     },
@@ -408,6 +423,13 @@ impl StatusReport {
             for p in &self.pools {
                 if let Some(error) = &p.engine_error {
                     let _ = writeln!(out, "pool {}: engine does not answer: {error}", p.name);
+                }
+                if let Some(breaker) = &p.breaker {
+                    let _ = writeln!(
+                        out,
+                        "pool {}: breaker open ({}) until {}: {}",
+                        p.name, breaker.class, breaker.closes_at, breaker.message
+                    );
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! `dispatcher.toml`: the settings, their defaults, and validation with errors that name the
 //! file, the dotted key and the line.
 
+mod agent;
 mod duration;
 mod engine;
 mod tree;
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use agent::{AgentSettings, Budget, BudgetPeriod, Classify, StallAction};
 pub use duration::parse_duration;
 pub use engine::EngineSettings;
 use tree::{Item, Lines, Node, Problem};
@@ -193,6 +195,8 @@ pub struct PoolConfig {
     pub memory_limit_mb: Option<u64>,
     /// How an engine pool (slurm, docker, kubernetes) submits and watches its jobs.
     pub engine: EngineSettings,
+    /// Failure classification, circuit breaker, budget and stall detection.
+    pub agent: AgentSettings,
 }
 
 /// How a pool runs its agents.
@@ -229,6 +233,7 @@ impl PoolConfig {
             default_memory_mb: 0,
             memory_limit_mb: None,
             engine: EngineSettings::default(),
+            agent: AgentSettings::default(),
         }
     }
 }
@@ -758,6 +763,7 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
     let known: Vec<&str> = POOL_KEYS
         .iter()
         .chain(engine::ENGINE_KEYS)
+        .chain(agent::POOL_AGENT_KEYS)
         .copied()
         .collect();
     table.deny_unknown(&known)?;
@@ -898,6 +904,7 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         )));
     }
     let engine = engine::decode(&table, section, kind, base_dir)?;
+    let agent = agent::decode_pool(&table)?;
     Ok(PoolConfig {
         kind,
         max_concurrency,
@@ -915,6 +922,7 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
         default_memory_mb,
         memory_limit_mb,
         engine,
+        agent,
     })
 }
 

@@ -510,6 +510,7 @@ impl Core {
                 log_path,
                 last_heartbeat: None,
                 engine_id: None,
+                spend: None,
             },
         );
         match &self.launcher {
@@ -528,7 +529,7 @@ impl Core {
             self.free_place(pool, run.resources);
         }
         let exit = Exit::without_status(runner_id, error);
-        self.pending.push(Finish { run, exit });
+        self.finish(run, exit);
     }
 
     pub(super) fn write_failed(&mut self, spec: &str, error: &str) {
@@ -665,6 +666,15 @@ fn apply_finish(
     };
     let counted = !matches!(verdict, Verdict::Interrupted | Verdict::Requeued(_))
         && class != Some(FailureClass::Infra);
+    if let Some(result) = &finish.result {
+        task.artifacts.extend(result.artifacts.iter().cloned());
+    }
+    let spend = finish
+        .result
+        .as_ref()
+        .and_then(|r| r.spend)
+        .or(finish.run.spend)
+        .map(crate::runner_report::Spend::to_json);
     meta.history.push(AttemptRecord {
         attempt: finish.run.attempt,
         runner_id: finish.run.runner_id.clone(),
@@ -677,6 +687,7 @@ fn apply_finish(
         exit_code: exit.exit_code,
         counted,
         log_file: Some(finish.run.log_path.display().to_string()),
+        spend,
         ..AttemptRecord::default()
     });
     task.set_dispatcher_meta(&meta);

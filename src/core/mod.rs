@@ -16,6 +16,7 @@
 //! registry; `commit` does the batched writes and launches; `recovery` adopts or finishes
 //! runners left by an earlier dispatcher; `report` builds the status report.
 
+mod breakers;
 mod commit;
 mod deadlocks;
 mod placement;
@@ -128,6 +129,8 @@ struct PoolRuntime {
     /// Whether its engine has been asked once (always true for a local pool): until then
     /// `--until-idle` cannot tell whether its tasks will run.
     engine_checked: bool,
+    /// Open after a rate-limit or expired-credentials failure: no new tasks until it closes.
+    breaker: Option<breakers::Breaker>,
 }
 
 impl PoolRuntime {
@@ -146,13 +149,17 @@ impl PoolRuntime {
                 .is_engine()
                 .then(|| "its engine has not answered yet".to_string()),
             engine_checked: !config.kind.is_engine(),
+            breaker: None,
         }
     }
 
     /// Whether it takes new tasks: enabled in the config, not switched off, its engine
     /// (if any) answering.
     fn takes_tasks(&self, config: &Config) -> bool {
-        config.agent_pools[&self.name].enabled && !self.switched_off && self.engine_error.is_none()
+        config.agent_pools[&self.name].enabled
+            && !self.switched_off
+            && self.engine_error.is_none()
+            && self.breaker.is_none()
     }
 }
 
@@ -199,12 +206,16 @@ struct Running {
     last_heartbeat: Option<String>,
     /// The engine's id of its job, for an engine pool's runner.
     engine_id: Option<String>,
+    /// What the runner reported spending so far (its heartbeat file's last JSON line).
+    spend: Option<crate::runner_report::Spend>,
 }
 
 /// An attempt that ended and still has to be written to the registry.
 struct Finish {
     run: Running,
     exit: Exit,
+    /// What the runner's result file said, if it wrote one.
+    result: Option<crate::runner_report::RunnerResult>,
 }
 
 struct Drain {
@@ -404,6 +415,7 @@ impl Core {
             }
         }
         self.watchdog = Some(parts.watchdog);
+        self.load_breakers();
         let runner_rx = parts.runner_events;
         let control = parts.control;
         let mut control_open = true;
@@ -498,7 +510,10 @@ impl Core {
         }
         let now = Instant::now();
         let mut wake = now + SNAPSHOT_INTERVAL;
-        if let Some(at) = self.retry.next_due() {
+        for at in [self.retry.next_due(), self.next_breaker_close()]
+            .into_iter()
+            .flatten()
+        {
             let wait = at
                 .signed_duration_since(timefmt::now())
                 .to_std()
@@ -733,6 +748,7 @@ impl Core {
     }
 
     fn on_timers(&mut self) {
+        self.close_due_breakers();
         if !self.overrides_read
             || self.last_overrides_check.elapsed() >= self.config.dispatcher.poll_interval
         {
@@ -843,7 +859,7 @@ impl Core {
                 if let Some(pool) = run.pool {
                     self.free_place(pool, run.resources);
                 }
-                self.pending.push(Finish { run, exit });
+                self.finish(run, exit);
             }
         }
         self.snapshot_dirty = true;
@@ -965,7 +981,10 @@ impl Core {
             || !self.retry.is_empty()
             || self.specs.values().any(|s| s.suspended_until.is_some())
             || self.queue_has_servable_task()
-            || self.pools.iter().any(|p| !p.engine_checked)
+            || self
+                .pools
+                .iter()
+                .any(|p| !p.engine_checked || p.breaker.is_some())
             || self.running_elsewhere();
         if busy {
             return None;

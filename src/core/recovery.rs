@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{Core, Finish, Running};
+use super::{Core, Running};
 use crate::engine::EngineCommand;
 use crate::registry::{Event, Task, TaskState};
 use crate::scheduler::TaskKey;
@@ -111,6 +111,7 @@ impl Core {
             log_path: self.state.attempt_log(&key.spec, &key.id, meta.attempts),
             last_heartbeat: None,
             engine_id: None,
+            spend: None,
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {
@@ -170,7 +171,7 @@ impl Core {
                 log::info!(
                     "runner {runner_id} of {key} ended while no dispatcher ran; recording it"
                 );
-                self.pending.push(Finish { run, exit });
+                self.finish(run, exit);
             }
             Liveness::Lost => {
                 log::warn!(
@@ -184,7 +185,7 @@ impl Core {
                     &runner_id,
                     "runner lost: its dispatcher stopped and no exit status was recorded".into(),
                 );
-                self.pending.push(Finish { run, exit });
+                self.finish(run, exit);
             }
         }
     }
@@ -238,7 +239,7 @@ impl Core {
                     &runner_id,
                     format!("runner lost: its pool {pool_name} is no longer configured"),
                 );
-                self.pending.push(Finish { run, exit });
+                self.finish(run, exit);
                 return;
             }
         }

@@ -62,6 +62,7 @@ impl Core {
                         switched_off: p.switched_off,
                         engine_error: p.engine_error.clone(),
                         engine_checked: p.engine_checked,
+                        breaker: p.breaker.clone(),
                     },
                     None => PoolRuntime::idle(name, pool),
                 }

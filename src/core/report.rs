@@ -149,6 +149,12 @@ impl Core {
                         memory_quota_mb: pool.memory_quota_mb,
                         quota_blocked: p.quota_blocked,
                         engine_error: p.engine_error.clone(),
+                        breaker: p.breaker.as_ref().map(|b| crate::status::BreakerStatus {
+                            class: b.class.as_str().to_string(),
+                            message: b.message.clone(),
+                            opened_at: b.opened_at.clone(),
+                            closes_at: b.until.clone(),
+                        }),
                     }
                 })
                 .collect(),
