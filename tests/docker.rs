@@ -358,6 +358,23 @@ fn a_container_outlives_a_sigkilled_dispatcher_and_is_adopted_by_the_next() {
     );
 }
 
+/// Regression: `run --until-idle` ended at once with exit 4 ("idle, but web/t1 (ready) can
+/// never run") when its docker pool's engine had not answered its first check yet: a
+/// pool waiting for that answer counted as one that would never take the task.
+#[test]
+fn until_idle_waits_for_the_first_answer_of_a_slow_engine() {
+    let env = Env::new();
+    let standin = Standin::install(&env);
+    fs::write(standin.state.join("slow-version"), "1").unwrap();
+    docker_config(&env, 1, &cmd("args.sh", &["{task_id}"]), "", "");
+    env.taskset("web", &[json!({"id": "t1"})]);
+
+    let (status, log) = env.run_until_idle();
+    assert_exit(status, 0, &log);
+    assert_eq!(env.state_of("web", "t1"), "done");
+    assert!(!log.contains("can never run"), "{log}");
+}
+
 /// The real engine, when one answers here (CI machines with Docker); skipped otherwise.
 #[test]
 fn the_real_docker_engine_runs_a_task_when_one_answers() {

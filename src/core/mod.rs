@@ -125,6 +125,9 @@ struct PoolRuntime {
     switched_off: bool,
     /// An engine pool whose engine has not answered (yet): why. It takes no tasks.
     engine_error: Option<String>,
+    /// Whether its engine was checked at all (whatever the answer). Until then its tasks
+    /// are waiting for that answer, not stuck: `--until-idle` does not end over them.
+    engine_checked: bool,
 }
 
 impl PoolRuntime {
@@ -142,6 +145,7 @@ impl PoolRuntime {
                 .kind
                 .is_engine()
                 .then(|| "its engine has not answered yet".to_string()),
+            engine_checked: !config.kind.is_engine(),
         }
     }
 
@@ -149,6 +153,11 @@ impl PoolRuntime {
     /// (if any) answering.
     fn takes_tasks(&self, config: &Config) -> bool {
         config.agent_pools[&self.name].enabled && !self.switched_off && self.engine_error.is_none()
+    }
+
+    /// Whether it will take tasks once its engine gives its first answer.
+    fn awaits_engine(&self, config: &Config) -> bool {
+        config.agent_pools[&self.name].enabled && !self.switched_off && !self.engine_checked
     }
 }
 
@@ -784,6 +793,7 @@ impl Core {
             RunnerEvent::PoolEngine { pool, error } => {
                 if let Some(runtime) = self.pools.iter_mut().find(|p| p.name == pool) {
                     runtime.engine_error = error;
+                    runtime.engine_checked = true;
                 }
             }
             RunnerEvent::Started {
@@ -991,11 +1001,12 @@ impl Core {
     }
 
     /// Whether the queue holds a task that some enabled pool could take (its request within
-    /// the pool's quotas), with a slot that is free or may come free.
+    /// the pool's quotas), with a slot that is free or may come free. An engine pool whose
+    /// engine has not answered its first check yet counts as one that could.
     fn queue_has_servable_task(&self) -> bool {
         self.queue.entries().any(|(_, needs)| {
             let pool_open = needs.pools.iter().any(|&p| {
-                self.pool_enabled(p)
+                (self.pool_enabled(p) || self.pools[p].awaits_engine(&self.config))
                     && crate::deadlock::quota_shortfall(
                         &self.config.agent_pools[&self.pools[p].name],
                         needs.resources,

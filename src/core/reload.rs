@@ -58,6 +58,7 @@ impl Core {
                         quota_blocked: false,
                         switched_off: p.switched_off,
                         engine_error: p.engine_error.clone(),
+                        engine_checked: p.engine_checked,
                     },
                     None => PoolRuntime::idle(name, pool),
                 },
