@@ -875,3 +875,38 @@ fn a_job_outlives_a_sigkilled_dispatcher_and_is_adopted_by_the_next() {
         "long 1\n"
     );
 }
+
+/// Regression: a Job the cluster ended at `activeDeadlineSeconds` (the pool's timeout) was
+/// counted as an ordinary failure ("kubernetes job …: DeadlineExceeded") instead of a
+/// timeout, because the Job controller's deadline, counted from the Job's start, always
+/// passes before the dispatcher's own clock, counted from when it first saw the pod run.
+#[test]
+fn a_job_ended_at_its_active_deadline_counts_as_timed_out() {
+    let env = Env::new();
+    let standin = Standin::install(&env);
+    kube_config(&env, 1, &cmd("hang.sh", &[]), "timeout = \"1s\"", "");
+    env.taskset("web", &[json!({"id": "slow"})]);
+
+    let (status, log) = env.run_until_idle();
+    assert_exit(status, 3, &log);
+    let task = env.task("web", "slow");
+    assert_eq!(task["state"], "failed");
+    assert_eq!(
+        task["metadata"]["dispatcher"]["last_error"],
+        "execution timeout exceeded"
+    );
+    let timed_out = env.events_of_type("web", "RunnerTimedOut");
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    assert_eq!(timed_out[0]["details"]["reason"], "timed_out");
+    // The cluster ended it: the dispatcher had nothing to delete.
+    let (_, dir) = only_job(&standin);
+    assert!(
+        dir.join("deadline").exists(),
+        "the stand-in did not enforce the deadline"
+    );
+    assert!(
+        standin.calls_of(&["delete"]).is_empty(),
+        "{:?}",
+        standin.calls()
+    );
+}
