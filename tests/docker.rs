@@ -352,6 +352,11 @@ fn a_container_outlives_a_sigkilled_dispatcher_and_is_adopted_by_the_next() {
     assert_eq!(adopted.len(), 1, "{adopted:?}");
     assert_eq!(adopted[0]["details"]["engine_id"], id.as_str());
     assert_eq!(standin.calls_of(&["run"]).len(), 1);
+    // The second dispatcher follows the output from where the attempt's log ends.
+    let follows = standin.calls_of(&["logs", "--follow"]);
+    assert_eq!(follows.len(), 2, "{follows:?}");
+    assert!(follows[1][3].starts_with("--since="), "{follows:?}");
+    assert_eq!(follows[1][4], id);
     assert_eq!(
         fs::read_to_string(env.path().join("ledger")).unwrap(),
         "long 1\n"
