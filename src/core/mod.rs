@@ -161,6 +161,14 @@ impl PoolRuntime {
             && self.engine_error.is_none()
             && self.breaker.is_none()
     }
+
+    /// Whether it will take tasks by itself before long: once its engine gives its first
+    /// answer, or once its open breaker closes (at a known time).
+    fn takes_tasks_later(&self, config: &Config) -> bool {
+        let waiting = !self.engine_checked
+            || (self.breaker.is_some() && self.engine_error.is_none());
+        config.agent_pools[&self.name].enabled && !self.switched_off && waiting
+    }
 }
 
 struct SpecState {
@@ -981,10 +989,6 @@ impl Core {
             || !self.retry.is_empty()
             || self.specs.values().any(|s| s.suspended_until.is_some())
             || self.queue_has_servable_task()
-            || self
-                .pools
-                .iter()
-                .any(|p| !p.engine_checked || p.breaker.is_some())
             || self.running_elsewhere();
         if busy {
             return None;
@@ -1016,11 +1020,13 @@ impl Core {
     }
 
     /// Whether the queue holds a task that some enabled pool could take (its request within
-    /// the pool's quotas), with a slot that is free or may come free.
+    /// the pool's quotas), with a slot that is free or may come free. A pool that will take
+    /// tasks before long (its engine's first answer, its breaker closing) counts as one that
+    /// could.
     fn queue_has_servable_task(&self) -> bool {
         self.queue.entries().any(|(_, needs)| {
             let pool_open = needs.pools.iter().any(|&p| {
-                self.pool_enabled(p)
+                (self.pool_enabled(p) || self.pools[p].takes_tasks_later(&self.config))
                     && crate::deadlock::quota_shortfall(
                         &self.config.agent_pools[&self.pools[p].name],
                         needs.resources,

@@ -81,6 +81,7 @@ fn parse_inspect_line(line: &str) -> Option<(String, JobState)> {
             exit_code: Some(code),
             signal: None,
             reason: Some(format!("container {}: OOMKilled", short(&id))),
+            timed_out: false,
         }),
         "exited" if error.is_empty() => JobState::Finished(Ending::exited(code, None)),
         other => JobState::Finished(Ending {
@@ -91,6 +92,7 @@ fn parse_inspect_line(line: &str) -> Option<(String, JobState)> {
                 short(&id),
                 if error.is_empty() { "" } else { ": " }
             )),
+            timed_out: false,
         }),
     };
     Some((id, state))

@@ -256,6 +256,10 @@ fn job_state(job: &Value) -> JobState {
             exit_code: None,
             signal: None,
             reason: Some(format!("kubernetes job {name}: {reason}")),
+            // `activeDeadlineSeconds` is the pool's timeout. The Job controller counts it
+            // from the Job's start, so it passes before the watcher's own clock (counted
+            // from the first time it saw the pod run) and is what ends a slow attempt.
+            timed_out: reason == "DeadlineExceeded",
         });
     }
     let ready = job["status"]["ready"].as_u64();
@@ -488,6 +492,13 @@ mod tests {
             failed.reason.as_deref(),
             Some("kubernetes job j: DeadlineExceeded")
         );
+        assert!(failed.timed_out, "the pool's timeout ended it");
+        let JobState::Finished(failed) = job_state(&job(json!({"conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+        ]}))) else {
+            panic!()
+        };
+        assert!(!failed.timed_out);
         assert_eq!(
             job_state(&job(json!({"active": 1, "ready": 1}))),
             JobState::Running

@@ -51,6 +51,9 @@ pub struct Ending {
     /// Set when the engine, not the program, ended the job, or the program's status is not
     /// known: why (`slurm job 12: TIMEOUT`). The attempt then counts as failed.
     pub reason: Option<String>,
+    /// The engine ended the job at the time limit the dispatcher gave it (the pool's
+    /// `timeout`): the attempt counts as timed out, as if the watcher had stopped it.
+    pub timed_out: bool,
 }
 
 impl Ending {
@@ -60,6 +63,7 @@ impl Ending {
             exit_code: Some(exit_code),
             signal,
             reason: None,
+            timed_out: false,
         }
     }
 }

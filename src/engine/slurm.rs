@@ -239,6 +239,7 @@ fn ending_of(id: &str, state: &str, exit_code: &str) -> JobState {
             exit_code: None,
             signal,
             reason: None,
+            timed_out: false,
         },
         "FAILED" => Ending::exited(code, signal),
         other => Ending {
@@ -248,6 +249,9 @@ fn ending_of(id: &str, state: &str, exit_code: &str) -> JobState {
                 "slurm job {id}: {}",
                 if other.is_empty() { "UNKNOWN" } else { other }
             )),
+            // Slurm's TIMEOUT is the `--time` we gave it, rounded up to whole minutes: the
+            // watcher's own clock normally ends the job first.
+            timed_out: false,
         },
     })
 }

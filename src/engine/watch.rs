@@ -397,6 +397,7 @@ impl Watcher {
                         exit_code: None,
                         signal: None,
                         reason: None,
+                        timed_out: false,
                     };
                     let error = format!(
                         "runner lost: the {} engine has no job named {runner_id}",
@@ -478,16 +479,21 @@ impl Watcher {
         if let Some(mut follower) = job.follower.take() {
             wait_for_follower(&mut follower);
         }
+        // An engine that enforced the pool's timeout itself ended the attempt the way the
+        // watcher would have.
+        let stopped = job
+            .stopping
+            .or(ending.timed_out.then_some(StopReason::TimedOut));
         let exit = Exit {
             runner_id: runner_id.to_string(),
             exit_code: ending.exit_code,
             signal: ending.signal,
-            stopped: job.stopping,
+            stopped,
             duration_seconds: job.submitted.elapsed().as_secs_f64(),
             log_truncated: false,
             error,
             finished_at: Some(timefmt::now_string()),
-            reason: ending.reason.filter(|_| job.stopping.is_none()),
+            reason: ending.reason.filter(|_| stopped.is_none()),
             class: None,
         };
         let bytes = serde_json::to_vec_pretty(&exit).unwrap_or_default();
@@ -516,6 +522,7 @@ fn forgotten(id: &str) -> JobState {
         reason: Some(format!(
             "job {id} vanished from its engine without a recorded end"
         )),
+        timed_out: false,
     })
 }
 

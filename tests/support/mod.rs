@@ -2,6 +2,10 @@
 //! `dispatcher` binary run in it with a clean environment, and waits with deadlines.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod standin;
+
+use std::cell::RefCell;
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -25,13 +29,40 @@ pub fn runner(name: &str) -> String {
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Variables every command of this test gets on top of its clean environment.
+    vars: RefCell<Vec<(String, OsString)>>,
 }
 
 impl Env {
     pub fn new() -> Env {
         Env {
             dir: tempfile::tempdir().expect("temp dir"),
+            vars: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Sets `key` in the environment of every dispatcher this test starts from now on
+    /// (replacing an earlier value, `PATH` included).
+    pub fn set_var(&self, key: &str, value: impl Into<OsString>) {
+        let mut vars = self.vars.borrow_mut();
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_string(), value.into()));
+    }
+
+    /// Puts `dir` first on the `PATH` of every dispatcher this test starts (test doubles of
+    /// external tools).
+    pub fn prepend_path(&self, dir: &Path) {
+        let current = self
+            .vars
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default();
+        let mut paths = vec![dir.to_path_buf()];
+        paths.extend(std::env::split_paths(&current));
+        self.set_var("PATH", std::env::join_paths(paths).expect("PATH entries"));
     }
 
     pub fn path(&self) -> &Path {
@@ -134,6 +165,7 @@ impl Env {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
+            .envs(self.vars.borrow().iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -323,14 +355,27 @@ pub fn pool(
     env: &[(&str, String)],
     extra: &str,
 ) -> String {
+    typed_pool("local-process", name, max, command, env, extra)
+}
+
+/// [`pool`] of any `type` (`docker`, `kubernetes` …); engine keys go in `extra`.
+pub fn typed_pool(
+    kind: &str,
+    name: &str,
+    max: usize,
+    command: &[String],
+    env: &[(&str, String)],
+    extra: &str,
+) -> String {
     let command: Vec<String> = command.iter().map(|a| toml_str(a)).collect();
     let env: Vec<String> = env
         .iter()
         .map(|(k, v)| format!("{k} = {}", toml_str(v)))
         .collect();
     format!(
-        "[agent_pools.{name}]\ntype = \"local-process\"\nmax_concurrency = {max}\n\
+        "[agent_pools.{name}]\ntype = {}\nmax_concurrency = {max}\n\
          command = [{}]\nenv = {{ {} }}\n{extra}\n",
+        toml_str(kind),
         command.join(", "),
         env.join(", ")
     )
