@@ -165,8 +165,8 @@ impl PoolRuntime {
     /// Whether it will take tasks by itself before long: once its engine gives its first
     /// answer, or once its open breaker closes (at a known time).
     fn takes_tasks_later(&self, config: &Config) -> bool {
-        let waiting = !self.engine_checked
-            || (self.breaker.is_some() && self.engine_error.is_none());
+        let waiting =
+            !self.engine_checked || (self.breaker.is_some() && self.engine_error.is_none());
         config.agent_pools[&self.name].enabled && !self.switched_off && waiting
     }
 }
