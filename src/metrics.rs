@@ -185,6 +185,46 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
 
+    out.gauge(
+        "dispatcher_budget_spent_usd",
+        "dollars spent in the budget's period, by scope (pool or spec) and name",
+    );
+    for b in &report.budgets {
+        let labels = [("scope", b.scope.as_str()), ("name", b.name.as_str())];
+        out.sample("dispatcher_budget_spent_usd", &labels, b.spent_usd);
+    }
+    out.gauge(
+        "dispatcher_budget_spent_tokens",
+        "tokens spent in the budget's period, by scope and name",
+    );
+    for b in &report.budgets {
+        let labels = [("scope", b.scope.as_str()), ("name", b.name.as_str())];
+        out.sample(
+            "dispatcher_budget_spent_tokens",
+            &labels,
+            b.spent_tokens as f64,
+        );
+    }
+    out.gauge(
+        "dispatcher_budget_cap_usd",
+        "the budget's hard cap in dollars (absent when none)",
+    );
+    for b in &report.budgets {
+        if let Some(cap) = b.cap_usd {
+            let labels = [("scope", b.scope.as_str()), ("name", b.name.as_str())];
+            out.sample("dispatcher_budget_cap_usd", &labels, cap);
+        }
+    }
+    out.gauge(
+        "dispatcher_waiting_for_budget",
+        "ready tasks a budget keeps from starting",
+    );
+    out.sample(
+        "dispatcher_waiting_for_budget",
+        &[],
+        report.waiting_for_budget.len() as f64,
+    );
+
     out.gauge("dispatcher_tasks", "tasks by spec and state");
     for taskset in &report.tasksets {
         for (state, count) in &taskset.counts {

@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 pub const KINDS: &[&str] = &[
     "breaker_opened",
     "breaker_closed",
+    "needs_attention",
+    "stalled",
     "task_failed",
     "task_done",
     "task_retry",
@@ -29,6 +31,8 @@ pub const DEFAULT_KINDS: &[&str] = &[
     "drained",
     "run_finished",
     "breaker_opened",
+    "needs_attention",
+    "stalled",
 ];
 
 /// How long shutting down waits for queued notices to go out.

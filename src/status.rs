@@ -52,6 +52,28 @@ pub struct StatusReport {
     /// enabled pool serves, unreadable tasksets (root causes), and the tasks behind them.
     #[serde(default)]
     pub deadlocks: Vec<Finding>,
+    /// Every configured budget (per pool, per spec) and how much of it is spent.
+    #[serde(default)]
+    pub budgets: Vec<BudgetStatus>,
+    /// Ready tasks a budget keeps from starting, with the reason.
+    #[serde(default)]
+    pub waiting_for_budget: Vec<StuckStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BudgetStatus {
+    /// `pool` or `spec`.
+    pub scope: String,
+    pub name: String,
+    /// `day` or `total`.
+    pub period: String,
+    pub spent_usd: f64,
+    pub spent_tokens: u64,
+    pub cap_usd: Option<f64>,
+    pub cap_tokens: Option<u64>,
+    pub soft: f64,
+    /// `ok`, `soft_cap` or `exhausted`.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -142,6 +164,12 @@ pub struct RunnerStatus {
     /// The engine's id of an engine runner's job (Slurm job id, container id, Job name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_id: Option<String>,
+    /// What the runner reported spending in this attempt so far (`{tokens, cost_usd}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<serde_json::Value>,
+    /// Why it needs a person's attention (a budget's soft cap crossed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_attention: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -288,6 +316,8 @@ impl StatusReport {
                             rss_bytes: None,
                             cpu_seconds: None,
                             engine_id,
+                            spend: None,
+                            needs_attention: None,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {
@@ -497,6 +527,50 @@ impl StatusReport {
                 &["TASK", "REPOSITORY"],
                 rows,
             );
+        }
+        if !self.budgets.is_empty() {
+            let rows = self.budgets.iter().map(|b| {
+                let cap = |spent: String, cap: Option<String>| match cap {
+                    Some(cap) => format!("{spent}/{cap}"),
+                    None => spent,
+                };
+                vec![
+                    format!("{} {}", b.scope, b.name),
+                    b.period.clone(),
+                    cap(
+                        format!("${:.2}", b.spent_usd),
+                        b.cap_usd.map(|c| format!("${c:.2}")),
+                    ),
+                    cap(
+                        b.spent_tokens.to_string(),
+                        b.cap_tokens.map(|c| c.to_string()),
+                    ),
+                    b.state.clone(),
+                ]
+            });
+            let header = ["BUDGET", "PERIOD", "USD", "TOKENS", "STATE"];
+            section(&mut out, "BUDGETS", &header, rows);
+        }
+        let attention: Vec<&RunnerStatus> = self
+            .running
+            .iter()
+            .filter(|r| r.needs_attention.is_some())
+            .collect();
+        if !attention.is_empty() {
+            let rows = attention.iter().map(|r| {
+                vec![
+                    format!("{}/{}", r.spec, r.task_id),
+                    r.needs_attention.clone().unwrap_or_default(),
+                ]
+            });
+            section(&mut out, "NEEDS ATTENTION", &["TASK", "WHY"], rows);
+        }
+        if !self.waiting_for_budget.is_empty() {
+            let rows = self
+                .waiting_for_budget
+                .iter()
+                .map(|w| vec![format!("{}/{}", w.spec, w.task_id), w.reason.clone()]);
+            section(&mut out, "WAITING FOR BUDGET", &["TASK", "WHY"], rows);
         }
         if !self.slot_errors.is_empty() {
             let rows = self

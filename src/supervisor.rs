@@ -49,6 +49,12 @@ pub enum StopReason {
     Interrupted,
     /// `dispatcher cancel`: the task is failed, not retried.
     Cancelled,
+    /// Its pool's or spec's hard budget cap was crossed: the task is failed, not retried.
+    BudgetExceeded,
+    /// No progress for `stall_timeout` with `stall_action = "restart"`: counted, retried.
+    Stalled,
+    /// No progress for `stall_timeout` with `stall_action = "fail"`: the task is failed.
+    StallFailed,
 }
 
 impl StopReason {
@@ -58,6 +64,9 @@ impl StopReason {
             StopReason::HeartbeatLost => "heartbeat_lost",
             StopReason::Interrupted => "interrupted",
             StopReason::Cancelled => "cancelled",
+            StopReason::BudgetExceeded => "budget_exceeded",
+            StopReason::Stalled => "stalled",
+            StopReason::StallFailed => "stall_failed",
         }
     }
 
@@ -67,6 +76,9 @@ impl StopReason {
             StopReason::HeartbeatLost,
             StopReason::Interrupted,
             StopReason::Cancelled,
+            StopReason::BudgetExceeded,
+            StopReason::Stalled,
+            StopReason::StallFailed,
         ]
         .into_iter()
         .find(|r| r.as_str() == text.trim())
@@ -223,6 +235,14 @@ impl Exit {
         }
     }
 
+    /// `what`, followed by the detail the dispatcher recorded in `reason`, if any.
+    fn with_reason(&self, what: &str) -> String {
+        match &self.reason {
+            Some(detail) => format!("{what}: {detail}"),
+            None => what.to_string(),
+        }
+    }
+
     /// A human description of a failure, for `last_error`.
     pub fn describe(&self) -> String {
         match (self.stopped, &self.error, self.exit_code, self.signal) {
@@ -230,6 +250,10 @@ impl Exit {
             (Some(StopReason::HeartbeatLost), ..) => "no heartbeat within heartbeat_timeout".into(),
             (Some(StopReason::Interrupted), ..) => "interrupted by dispatcher shutdown".into(),
             (Some(StopReason::Cancelled), ..) => "cancelled".into(),
+            (Some(StopReason::BudgetExceeded), ..) => self.with_reason("budget exceeded"),
+            (Some(StopReason::Stalled | StopReason::StallFailed), ..) => {
+                self.with_reason("stalled: no progress within stall_timeout")
+            }
             (None, Some(error), ..) => error.clone(),
             (None, None, code, _) if self.reason.is_some() => {
                 let reason = self.reason.as_deref().unwrap_or_default();

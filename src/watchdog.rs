@@ -76,6 +76,12 @@ pub enum RunnerEvent {
         error: String,
     },
     Exited(Exit),
+    /// The last JSON line of the runner's heartbeat file, when it changed: spend so far,
+    /// progress (see [`crate::runner_report`]).
+    Report {
+        runner_id: String,
+        report: serde_json::Value,
+    },
     /// A new sign of life (log output or a touched heartbeat file).
     Heartbeat {
         runner_id: String,
@@ -373,12 +379,23 @@ impl Actor {
             let size = file_size(&watched.watch.log_path);
             let touched = mtime(&watched.watch.heartbeat_path);
             if size != watched.log_size || touched != watched.heartbeat_mtime {
+                let beat_changed = touched != watched.heartbeat_mtime;
                 watched.log_size = size;
                 watched.heartbeat_mtime = touched;
                 let _ = self.events.send(RunnerEvent::Heartbeat {
                     runner_id: id.clone(),
                     at: SystemTime::now(),
                 });
+                if beat_changed {
+                    if let Some(report) =
+                        crate::runner_report::read_beat(&watched.watch.heartbeat_path)
+                    {
+                        let _ = self.events.send(RunnerEvent::Report {
+                            runner_id: id.clone(),
+                            report,
+                        });
+                    }
+                }
             }
         }
         for id in gone {

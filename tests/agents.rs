@@ -280,3 +280,110 @@ fn a_malformed_result_file_is_reported_and_the_exit_code_decides() {
     assert_eq!(env.state_of("s", "m"), "done");
     assert!(log.contains("\"exploded\" is not one of"), "{log}");
 }
+
+/// A pool `agents` running spender.sh with `vars` and `extra` pool lines, plus `more` config.
+fn spender_config(env: &Env, vars: &[(&str, &str)], extra: &str, more: &str) {
+    let all: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+    env.config(
+        "",
+        &format!(
+            "[retry]\nmax_attempts = 2\ninitial_delay = \"100ms\"\n\n{}\n{}\n{more}",
+            pool("agents", 2, &cmd("spender.sh", &["{task_id}"]), &all, extra),
+            default_to("agents")
+        ),
+    );
+}
+
+#[test]
+fn a_runner_past_the_hard_cap_is_stopped_after_being_flagged_at_the_soft_cap() {
+    let env = Env::new();
+    spender_config(
+        &env,
+        &[("STEP_USD", "0.05")],
+        "[agent_pools.agents.budget]\nusd = 1.0\nsoft = 0.3\nperiod = \"day\"",
+        "",
+    );
+    env.taskset("s", &[json!({"id": "big"})]);
+    let mut run = env.spawn_run(&[]);
+    wait_for("the soft cap to flag the task", || {
+        status_json(&env)["running"][0]["needs_attention"].is_string()
+    });
+    let report = status_json(&env);
+    let why = report["running"][0]["needs_attention"].as_str().unwrap();
+    assert!(why.contains("pool agents spent $"), "{why}");
+    assert!(report["running"][0]["spend"]["cost_usd"].as_f64().unwrap() >= 0.3);
+    assert_eq!(env.events_of_type("s", "BudgetSoftCapReached").len(), 1);
+
+    wait_for("the hard cap to stop it", || {
+        env.state_of("s", "big") == "failed"
+    });
+    let task = env.task("s", "big");
+    let error = meta(&task)["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("budget exceeded: pool agents spent $"),
+        "{error}"
+    );
+    let spent = history(&task)[0]["spend"]["cost_usd"].as_f64().unwrap();
+    assert!(
+        spent >= 1.0,
+        "the spend that crossed the cap is recorded: {spent}"
+    );
+    assert_eq!(history(&task).len(), 1, "not retried");
+    wait_for("status to show the pool's budget spent", || {
+        let report = status_json(&env);
+        report["budgets"][0]["state"] == "exhausted"
+    });
+    let human = String::from_utf8_lossy(&env.output(&["status"]).stdout).into_owned();
+    assert!(
+        human.contains("BUDGETS") && human.contains("exhausted"),
+        "{human}"
+    );
+    run.signal(libc::SIGTERM);
+    run.wait(DEADLINE);
+}
+
+#[test]
+fn a_task_whose_estimate_does_not_fit_the_spec_budget_waits_while_a_smaller_one_runs() {
+    let env = Env::new();
+    spender_config(
+        &env,
+        &[("STEPS", "2"), ("STEP_USD", "0.4")],
+        "",
+        "[spec_budgets.s]\nusd = 1.0",
+    );
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "first"}),
+            json!({"id": "large", "dependencies": ["first"], "state": "blocked",
+                   "metadata": {"estimate": {"usd": 0.5}}}),
+            json!({"id": "small", "dependencies": ["first"], "state": "blocked",
+                   "metadata": {"estimate": {"usd": 0.1}}}),
+        ],
+    );
+    // The small one spends its own 0.8 too, past the budget: it was allowed on its estimate.
+    let mut run = env.spawn_run(&[]);
+    wait_for("the small task to run to its end", || {
+        env.state_of("s", "small") == "done"
+    });
+    wait_for("status to show the large task waiting for budget", || {
+        let report = status_json(&env);
+        report["waiting_for_budget"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["task_id"] == "large")
+    });
+    let report = status_json(&env);
+    let waiting = &report["waiting_for_budget"][0];
+    let reason = waiting["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not fit") || reason.contains("budget spent"),
+        "{reason}"
+    );
+    assert_eq!(env.state_of("s", "large"), "ready");
+    assert_eq!(report["budgets"][0]["scope"], "spec");
+    assert!(report["budgets"][0]["spent_usd"].as_f64().unwrap() >= 1.6 - 1e-9);
+    run.signal(libc::SIGTERM);
+    run.wait(DEADLINE);
+}

@@ -34,6 +34,8 @@ pub struct Config {
     pub repo_pool: RepoPoolSettings,
     /// `[fair_share] weights`: spec → weight for the `fair-share` policy (default 1).
     pub fair_share_weights: BTreeMap<String, f64>,
+    /// `[spec_budgets.<spec>]`: spending caps per spec.
+    pub spec_budgets: BTreeMap<String, Budget>,
     /// `[deadlock]`: the periodic search for tasks that can never run.
     pub deadlock: DeadlockSettings,
     /// `[metrics] textfile`: where a running dispatcher keeps its metrics for node_exporter.
@@ -305,6 +307,7 @@ const SECTIONS: &[&str] = &[
     "skill_mapping",
     "repo_pool",
     "fair_share",
+    "spec_budgets",
     "deadlock",
     "metrics",
     "notifications",
@@ -353,6 +356,11 @@ const RESOURCE_KEYS: &[&str] = &["cpu", "memory_mb"];
 const FAIR_SHARE_KEYS: &[&str] = &["weights"];
 
 impl Config {
+    /// Whether any pool or spec has a budget: spend is only tallied then.
+    pub fn has_budgets(&self) -> bool {
+        !self.spec_budgets.is_empty() || self.agent_pools.values().any(|p| p.agent.budget.is_some())
+    }
+
     /// Reads and validates the file at `path`. Relative paths inside are resolved against the
     /// file's directory, made absolute first so that runners started elsewhere still find them.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -402,6 +410,7 @@ impl Config {
                 repos: Vec::new(),
             },
             fair_share_weights: BTreeMap::new(),
+            spec_budgets: BTreeMap::new(),
             metrics_textfile: None,
             notifications: None,
             metrics_listen: None,
@@ -505,6 +514,13 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
                 item.problem("must be an IP address and port, like \"127.0.0.1:9464\"")
             })?;
             config.metrics_listen = Some(addr);
+        }
+    }
+    if let Some(section) = root.get("spec_budgets") {
+        for item in section.table()?.entries() {
+            config
+                .spec_budgets
+                .insert(item.name.to_owned(), agent::decode_budget(&item)?);
         }
     }
     if let Some(section) = root.get("fair_share") {

@@ -41,6 +41,9 @@ impl Core {
     /// Records an attempt's end: reads what the runner reported, classifies the failure,
     /// opens the pool's breaker if the failure says so, and queues the registry write.
     pub(super) fn finish(&mut self, run: Running, mut exit: Exit) {
+        if exit.stopped.is_some() && exit.reason.is_none() {
+            exit.reason.clone_from(&run.stop_detail);
+        }
         let result = self.assess(&run, &mut exit);
         if let (Some(class), Some(pool)) = (exit.class, run.pool) {
             if class.opens_breaker() {

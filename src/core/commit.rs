@@ -198,6 +198,12 @@ impl Core {
                     memory_mb: pool_config.default_memory_mb,
                 },
             };
+            if let Some(task) = task.as_ref().filter(|_| pool_config.agent.budget.is_some()) {
+                if let Some(why) = self.pool_budget_refuses(pool, task) {
+                    self.set_aside_for_budget(key, why);
+                    continue;
+                }
+            }
             self.take_place(pool, resources);
             let repo = task.as_ref().and_then(|t| self.repo_of(t));
             let pick = Pick {
@@ -511,6 +517,8 @@ impl Core {
                 last_heartbeat: None,
                 engine_id: None,
                 spend: None,
+                needs_attention: None,
+                stop_detail: None,
             },
         );
         match &self.launcher {
@@ -616,6 +624,15 @@ fn apply_finish(
         meta.next_attempt_at = None;
         meta.cancel_requested = false;
         Verdict::Cancelled
+    } else if matches!(
+        exit.stopped,
+        Some(StopReason::BudgetExceeded | StopReason::StallFailed)
+    ) {
+        // Retrying would spend more, or stall again: a person decides.
+        task.state = TaskState::Failed;
+        meta.last_error = Some(exit.describe());
+        meta.next_attempt_at = None;
+        Verdict::Failed(meta.attempts)
     } else if exit.stopped == Some(StopReason::Interrupted) {
         // Interrupted by our own shutdown: the attempt does not count, and the task keeps
         // its ready time, so it keeps its place in the queue.

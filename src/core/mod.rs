@@ -17,6 +17,7 @@
 //! runners left by an earlier dispatcher; `report` builds the status report.
 
 mod breakers;
+mod budgets;
 mod commit;
 mod deadlocks;
 mod placement;
@@ -131,6 +132,8 @@ struct PoolRuntime {
     engine_checked: bool,
     /// Open after a rate-limit or expired-credentials failure: no new tasks until it closes.
     breaker: Option<breakers::Breaker>,
+    /// Set while its budget is spent: why. It takes no task until the budget is whole again.
+    budget_spent: Option<String>,
 }
 
 impl PoolRuntime {
@@ -150,6 +153,7 @@ impl PoolRuntime {
                 .then(|| "its engine has not answered yet".to_string()),
             engine_checked: !config.kind.is_engine(),
             breaker: None,
+            budget_spent: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl PoolRuntime {
             && !self.switched_off
             && self.engine_error.is_none()
             && self.breaker.is_none()
+            && self.budget_spent.is_none()
     }
 
     /// Whether it will take tasks by itself before long: once its engine gives its first
@@ -216,6 +221,10 @@ struct Running {
     engine_id: Option<String>,
     /// What the runner reported spending so far (its heartbeat file's last JSON line).
     spend: Option<crate::runner_report::Spend>,
+    /// Why it needs a person's attention (a budget's soft cap crossed), once flagged.
+    needs_attention: Option<String>,
+    /// Why the dispatcher stopped it (budget, stall), recorded with its end.
+    stop_detail: Option<String>,
 }
 
 /// An attempt that ended and still has to be written to the registry.
@@ -247,6 +256,10 @@ pub struct Core {
     launcher: Option<LaunchPool>,
     /// The watcher threads of engine pools (slurm, docker, kubernetes).
     engines: Option<EngineHub>,
+    /// Recorded spend per spec, counted again only when its taskset changes.
+    spend_cache: HashMap<String, budgets::SpecSpend>,
+    /// Ready tasks set aside because a budget refuses them, with the reason.
+    budget_waiting: BTreeMap<TaskKey, String>,
     monitor: Option<Monitor>,
     /// Events of this turn that may wait for its end (runner starts), appended at once.
     outbox: Vec<Event>,
@@ -336,6 +349,8 @@ impl Core {
             watchdog: None,
             launcher: None,
             engines: None,
+            spend_cache: HashMap::new(),
+            budget_waiting: BTreeMap::new(),
             monitor: None,
             outbox: Vec::new(),
             slots: SlotManager::new(&config.repo_pool),
@@ -757,11 +772,13 @@ impl Core {
 
     fn on_timers(&mut self) {
         self.close_due_breakers();
+        self.refresh_pool_budgets();
         if !self.overrides_read
             || self.last_overrides_check.elapsed() >= self.config.dispatcher.poll_interval
         {
             self.last_overrides_check = Instant::now();
             self.read_pool_overrides();
+            self.recheck_budget_waiting();
         }
         self.recount_slots_when_due();
         if let Some(drain) = &mut self.drain {
@@ -794,6 +811,17 @@ impl Core {
 
     fn on_runner(&mut self, event: RunnerEvent) {
         match event {
+            RunnerEvent::Report { runner_id, report } => {
+                let Some(run) = self.running.get_mut(&runner_id) else {
+                    return;
+                };
+                if let Some(spend) = crate::runner_report::Spend::from_json(&report) {
+                    run.spend = Some(spend);
+                    if self.config.has_budgets() {
+                        self.check_runner_budget(&runner_id);
+                    }
+                }
+            }
             RunnerEvent::Heartbeat { runner_id, at } => {
                 if let Some(run) = self.running.get_mut(&runner_id) {
                     run.last_heartbeat = Some(timefmt::format(timefmt::from_system(at)));

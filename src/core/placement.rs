@@ -104,12 +104,14 @@ impl Core {
 
     pub(super) fn unqueue_spec(&mut self, spec: &str) {
         self.queue.remove_spec(spec);
+        self.budget_waiting.retain(|key, _| &*key.spec != spec);
         self.retry.remove_spec(spec);
         self.unroutable.retain(|key, _| &*key.spec != spec);
     }
 
     fn unplace(&mut self, key: &TaskKey) {
         self.queue.remove(key);
+        self.budget_waiting.remove(key);
         self.retry.remove(key);
         self.unroutable.remove(key);
     }
@@ -213,6 +215,10 @@ impl Core {
         let meta = task.dispatcher_meta();
         if let Some(at) = view::next_attempt_at(&meta).filter(|at| *at > now) {
             self.retry.insert(key, at);
+            return;
+        }
+        if let Some(why) = self.spec_budget_refuses(spec, task) {
+            self.set_aside_for_budget(key, why);
             return;
         }
         if !suspended {

@@ -112,6 +112,8 @@ impl Core {
             last_heartbeat: None,
             engine_id: None,
             spend: None,
+            needs_attention: None,
+            stop_detail: None,
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {

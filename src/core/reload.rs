@@ -63,6 +63,7 @@ impl Core {
                         engine_error: p.engine_error.clone(),
                         engine_checked: p.engine_checked,
                         breaker: p.breaker.clone(),
+                        budget_spent: None,
                     },
                     None => PoolRuntime::idle(name, pool),
                 }

@@ -42,7 +42,12 @@ impl Core {
         self.snapshot_dirty = false;
     }
 
-    pub(super) fn report(&self) -> StatusReport {
+    pub(super) fn report(&mut self) -> StatusReport {
+        let budgets = if self.config.has_budgets() {
+            self.budget_report()
+        } else {
+            Vec::new()
+        };
         let mut totals = status::empty_counts();
         let mut tasksets = Vec::with_capacity(self.specs.len());
         let mut blocked_forever = Vec::new();
@@ -90,6 +95,8 @@ impl Core {
                 last_heartbeat: r.last_heartbeat.clone(),
                 log_file: Some(r.log_path.display().to_string()),
                 engine_id: r.engine_id.clone(),
+                spend: r.spend.map(crate::runner_report::Spend::to_json),
+                needs_attention: r.needs_attention.clone(),
             })
             .collect();
         running.sort_by(|a, b| (&a.spec, &a.task_id).cmp(&(&b.spec, &b.task_id)));
@@ -191,6 +198,16 @@ impl Core {
             // Filled by the core's periodic deadlock check once it is wired in.
             deadlocks: self.deadlocks.clone(),
             counters: self.counters.clone(),
+            budgets,
+            waiting_for_budget: self
+                .budget_waiting
+                .iter()
+                .map(|(key, reason)| StuckStatus {
+                    spec: key.spec.to_string(),
+                    task_id: key.id.to_string(),
+                    reason: reason.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -427,12 +427,21 @@ impl Watcher {
                 .ok(),
         );
         if seen != job.seen {
+            let beat_changed = seen.1 != job.seen.1;
             job.seen = seen;
             job.last_sign = now;
             let _ = self.events.send(RunnerEvent::Heartbeat {
                 runner_id: runner_id.to_string(),
                 at: SystemTime::now(),
             });
+            if beat_changed {
+                if let Some(report) = crate::runner_report::read_beat(&job.heartbeat_path) {
+                    let _ = self.events.send(RunnerEvent::Report {
+                        runner_id: runner_id.to_string(),
+                        report,
+                    });
+                }
+            }
         }
         if job.stopping.is_some() {
             return;
