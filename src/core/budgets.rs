@@ -263,7 +263,7 @@ impl Core {
             if spent != self.pools[index].budget_spent {
                 match &spent {
                     Some(why) => {
-                        log::warn!("pool {name} takes no task: its budget is spent ({why})")
+                        log::warn!("pool {name} takes no task: its budget is spent ({why})");
                     }
                     None => log::info!("pool {name} has budget again"),
                 }
