@@ -26,6 +26,7 @@ pub mod names;
 pub mod notify;
 pub mod placeholders;
 pub mod procfs;
+pub mod progress_probe;
 pub mod registry;
 pub mod runner_env;
 pub mod runner_report;

@@ -170,6 +170,9 @@ pub struct RunnerStatus {
     /// Why it needs a person's attention (a budget's soft cap crossed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_attention: Option<String>,
+    /// When it was found stalled: no progress for its pool's `stall_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -318,6 +321,7 @@ impl StatusReport {
                             engine_id,
                             spend: None,
                             needs_attention: None,
+                            stalled_since: None,
                         });
                     }
                     TaskState::Ready if view::dependencies_done(&taskset, task) => {
@@ -551,18 +555,21 @@ impl StatusReport {
             let header = ["BUDGET", "PERIOD", "USD", "TOKENS", "STATE"];
             section(&mut out, "BUDGETS", &header, rows);
         }
-        let attention: Vec<&RunnerStatus> = self
+        let attention: Vec<(&RunnerStatus, String)> = self
             .running
             .iter()
-            .filter(|r| r.needs_attention.is_some())
+            .filter_map(|r| {
+                let stalled = r
+                    .stalled_since
+                    .as_ref()
+                    .map(|at| format!("stalled since {at}"));
+                Some((r, r.needs_attention.clone().or(stalled)?))
+            })
             .collect();
         if !attention.is_empty() {
-            let rows = attention.iter().map(|r| {
-                vec![
-                    format!("{}/{}", r.spec, r.task_id),
-                    r.needs_attention.clone().unwrap_or_default(),
-                ]
-            });
+            let rows = attention
+                .iter()
+                .map(|(r, why)| vec![format!("{}/{}", r.spec, r.task_id), why.clone()]);
             section(&mut out, "NEEDS ATTENTION", &["TASK", "WHY"], rows);
         }
         if !self.waiting_for_budget.is_empty() {

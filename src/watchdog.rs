@@ -82,6 +82,12 @@ pub enum RunnerEvent {
         runner_id: String,
         report: serde_json::Value,
     },
+    /// A fingerprint of a runner's working directory from the progress probe (`None` when
+    /// it could not be taken).
+    Worktree {
+        runner_id: String,
+        fingerprint: Option<u64>,
+    },
     /// A new sign of life (log output or a touched heartbeat file).
     Heartbeat {
         runner_id: String,

@@ -387,3 +387,63 @@ fn a_task_whose_estimate_does_not_fit_the_spec_budget_waits_while_a_smaller_one_
     run.signal(libc::SIGTERM);
     run.wait(DEADLINE);
 }
+
+/// Pools `chat` (chatter.sh) and `work` (worker.sh), both with `stall_timeout`.
+fn stall_config(env: &Env, timeout: &str, action: &str) {
+    let extra = format!("stall_timeout = \"{timeout}\"\nstall_action = \"{action}\"");
+    env.config(
+        "heartbeat_timeout = \"1h\"\ngraceful_shutdown_timeout = \"1s\"",
+        &format!(
+            "[retry]\nmax_attempts = 1\n\n{}\n{}\n[skill_mapping]\nchat = [\"chat\"]\nwork = [\"work\"]\n",
+            pool("chat", 1, &cmd("chatter.sh", &[]), &[], &extra),
+            pool("work", 1, &cmd("worker.sh", &[]), &[("STEPS", "15".into())], &extra),
+        ),
+    );
+}
+
+#[test]
+fn a_runner_that_prints_forever_without_touching_its_worktree_is_found_stalled() {
+    let env = Env::new();
+    stall_config(&env, "1s", "fail");
+    env.taskset(
+        "s",
+        &[
+            json!({"id": "idle", "required_skill": "chat"}),
+            json!({"id": "busy", "required_skill": "work"}),
+        ],
+    );
+    let log = run_to_end(&env, 3);
+    let idle = env.task("s", "idle");
+    assert_eq!(idle["state"], "failed");
+    let error = meta(&idle)["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("stalled: no progress within stall_timeout"),
+        "{error}"
+    );
+    let stalled = env.events_of_type("s", "RunnerStalled");
+    assert_eq!(stalled.len(), 1, "{stalled:?}");
+    assert_eq!(stalled[0]["task_id"], "idle");
+    assert_eq!(stalled[0]["details"]["action"], "fail");
+    // Three seconds of steady edits with a one-second stall timeout: never stalled.
+    assert_eq!(env.state_of("s", "busy"), "done", "{log}");
+}
+
+#[test]
+fn a_stalled_runner_under_warn_is_shown_in_status_and_keeps_running() {
+    let env = Env::new();
+    stall_config(&env, "1s", "warn");
+    env.taskset("s", &[json!({"id": "idle", "required_skill": "chat"})]);
+    let mut run = env.spawn_run(&[]);
+    wait_for("status to show the runner stalled", || {
+        status_json(&env)["running"][0]["stalled_since"].is_string()
+    });
+    assert_eq!(env.state_of("s", "idle"), "running");
+    let human = String::from_utf8_lossy(&env.output(&["status"]).stdout).into_owned();
+    assert!(
+        human.contains("NEEDS ATTENTION") && human.contains("stalled since"),
+        "{human}"
+    );
+    assert_eq!(env.events_of_type("s", "RunnerStalled").len(), 1);
+    run.signal(libc::SIGTERM);
+    run.wait(DEADLINE);
+}

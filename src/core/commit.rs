@@ -482,6 +482,7 @@ impl Core {
             Some(slot) => (slot.slot_path, Some(slot.repo_url)),
             None => (self.state.scratch_dir(&key.spec, &key.id), None),
         };
+        let progress = super::stalls::Progress::new(workdir.clone());
         let job = LaunchSpec {
             runner_id: runner_id.clone(),
             pool_name,
@@ -519,6 +520,7 @@ impl Core {
                 spend: None,
                 needs_attention: None,
                 stop_detail: None,
+                progress,
             },
         );
         match &self.launcher {

@@ -25,6 +25,7 @@ mod recovery;
 mod reload;
 mod report;
 mod slots;
+mod stalls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -225,6 +226,8 @@ struct Running {
     needs_attention: Option<String>,
     /// Why the dispatcher stopped it (budget, stall), recorded with its end.
     stop_detail: Option<String>,
+    /// Its progress, for stall detection.
+    progress: stalls::Progress,
 }
 
 /// An attempt that ended and still has to be written to the registry.
@@ -260,6 +263,8 @@ pub struct Core {
     spend_cache: HashMap<String, budgets::SpecSpend>,
     /// Ready tasks set aside because a budget refuses them, with the reason.
     budget_waiting: BTreeMap<TaskKey, String>,
+    /// Fingerprints runners' working directories for stall detection.
+    probe: Option<crate::progress_probe::ProgressProbe>,
     monitor: Option<Monitor>,
     /// Events of this turn that may wait for its end (runner starts), appended at once.
     outbox: Vec<Event>,
@@ -351,6 +356,7 @@ impl Core {
             engines: None,
             spend_cache: HashMap::new(),
             budget_waiting: BTreeMap::new(),
+            probe: None,
             monitor: None,
             outbox: Vec::new(),
             slots: SlotManager::new(&config.repo_pool),
@@ -415,6 +421,17 @@ impl Core {
             self.config.dispatcher.poll_interval,
             registry_tx,
         ));
+        let stall_detection = self
+            .config
+            .agent_pools
+            .values()
+            .any(|p| p.agent.stall_timeout.is_some());
+        if stall_detection {
+            match crate::progress_probe::ProgressProbe::spawn(parts.runner_events_tx.clone()) {
+                Ok(probe) => self.probe = Some(probe),
+                Err(err) => log::error!("cannot start the progress probe: {err}"),
+            }
+        }
         let engines = EngineHub::new(parts.runner_events_tx.clone());
         for (name, pool) in &self.config.agent_pools {
             engines.ensure(name, pool);
@@ -515,6 +532,7 @@ impl Core {
         self.monitor.take();
         self.sweep(true);
         self.launcher.take();
+        self.probe.take();
         if let Some(engines) = self.engines.take() {
             engines.shutdown();
         }
@@ -773,6 +791,7 @@ impl Core {
     fn on_timers(&mut self) {
         self.close_due_breakers();
         self.refresh_pool_budgets();
+        self.check_stalls();
         if !self.overrides_read
             || self.last_overrides_check.elapsed() >= self.config.dispatcher.poll_interval
         {
@@ -812,6 +831,7 @@ impl Core {
     fn on_runner(&mut self, event: RunnerEvent) {
         match event {
             RunnerEvent::Report { runner_id, report } => {
+                self.note_progress_value(&runner_id, &report);
                 let Some(run) = self.running.get_mut(&runner_id) else {
                     return;
                 };
@@ -822,6 +842,10 @@ impl Core {
                     }
                 }
             }
+            RunnerEvent::Worktree {
+                runner_id,
+                fingerprint,
+            } => self.note_worktree(&runner_id, fingerprint),
             RunnerEvent::Heartbeat { runner_id, at } => {
                 if let Some(run) = self.running.get_mut(&runner_id) {
                     run.last_heartbeat = Some(timefmt::format(timefmt::from_system(at)));

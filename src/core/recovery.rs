@@ -114,6 +114,7 @@ impl Core {
             spend: None,
             needs_attention: None,
             stop_detail: None,
+            progress: super::stalls::Progress::new(self.state.scratch_dir(&key.spec, &key.id)),
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {
@@ -140,6 +141,7 @@ impl Core {
                 if let Ok(record) = dir.read_record() {
                     run.started_at = record.created_at;
                     run.log_path = record.log_path;
+                    run.progress = super::stalls::Progress::new(record.cwd);
                 }
                 log::info!(
                     "adopting runner {runner_id} of {key} (attempt {}), still running",
@@ -206,6 +208,7 @@ impl Core {
         let job = crate::engine::read_engine_record(&dir).map(|r| r.job_id);
         run.started_at.clone_from(&record.created_at);
         run.log_path.clone_from(&record.log_path);
+        run.progress = super::stalls::Progress::new(record.cwd.clone());
         run.engine_id.clone_from(&job);
         log::info!(
             "adopting runner {runner_id} of {key} (attempt {}), job {} of pool {}",

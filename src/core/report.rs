@@ -97,6 +97,7 @@ impl Core {
                 engine_id: r.engine_id.clone(),
                 spend: r.spend.map(crate::runner_report::Spend::to_json),
                 needs_attention: r.needs_attention.clone(),
+                stalled_since: r.progress.stalled_since.clone(),
             })
             .collect();
         running.sort_by(|a, b| (&a.spec, &a.task_id).cmp(&(&b.spec, &b.task_id)));

@@ -25,7 +25,7 @@
 
 pub(crate) mod branch;
 mod error;
-mod git;
+pub(crate) mod git;
 mod model;
 mod view;
 
