@@ -45,29 +45,8 @@ fn cluster() -> Option<&'static str> {
 
 /// `dispatcher run` with the cluster's config in its environment.
 fn spawn(env: &Env, conf: &str, args: &[&str]) -> Run {
-    let log = env.path().join(format!("dispatcher-{}.log", args.len()));
-    let log = unique_path(&log);
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    let child = env
-        .command(&full)
-        .env("SLURM_CONF", conf)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn dispatcher");
-    Run { child, log }
-}
-
-fn unique_path(path: &Path) -> PathBuf {
-    let mut n = 0;
-    loop {
-        let candidate = path.with_extension(format!("{n}.log"));
-        if !candidate.exists() {
-            return candidate;
-        }
-        n += 1;
-    }
+    env.set_var("SLURM_CONF", conf);
+    env.spawn_run(args)
 }
 
 fn slurm(conf: &str, args: &[&str]) -> String {
