@@ -326,7 +326,18 @@ const RETRY_KEYS: &[&str] = &[
 ];
 const REGISTRY_KEYS: &[&str] = &["dir"];
 const REPO_POOL_KEYS: &[&str] = &["dir", "repos"];
-const REPO_KEYS: &[&str] = &["name", "url", "slots", "base_branch", "branch_pattern"];
+const REPO_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "slots",
+    "base_branch",
+    "branch_pattern",
+    "setup",
+    "setup_timeout",
+    "copy_files",
+    "port_base",
+    "ports_per_slot",
+];
 const DEADLOCK_KEYS: &[&str] = &["enabled", "check_interval", "action"];
 const POOL_KEYS: &[&str] = &[
     "type",
@@ -640,13 +651,98 @@ fn decode_repo(section: &Item<'_>, base_dir: &Path) -> Result<RepoConfig, Proble
         }
         None => slots::DEFAULT_BRANCH_PATTERN.to_owned(),
     };
-    Ok(RepoConfig {
+    let mut config = RepoConfig {
         name: name.to_owned(),
         url: repo_url(url, base_dir),
         slots,
         base_branch,
         branch_pattern,
-    })
+        bootstrap: slots::BootstrapConfig::default(),
+    };
+    decode_bootstrap(&table, &mut config)?;
+    Ok(config)
+}
+
+/// The worktree bootstrap keys of a `[[repo_pool.repos]]` table.
+fn decode_bootstrap(table: &tree::Table<'_>, config: &mut RepoConfig) -> Result<(), Problem> {
+    let local = config.main_checkout().is_some();
+    let bootstrap = &mut config.bootstrap;
+    if let Some(item) = table.get("setup") {
+        let argv = item
+            .array()?
+            .iter()
+            .map(|item| item.str().map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        if argv.first().is_some_and(String::is_empty) {
+            return Err(item.problem("the program must not be empty"));
+        }
+        bootstrap.setup = argv;
+    }
+    if let Some(item) = table.get("setup_timeout") {
+        let timeout = item.duration()?;
+        if timeout.is_zero() {
+            return Err(item.problem("must be above 0"));
+        }
+        bootstrap.setup_timeout = timeout;
+    }
+    if let Some(item) = table.get("copy_files") {
+        for (entry, path) in item.string_list()? {
+            check_copy_path(path).map_err(|message| entry.problem(message))?;
+            bootstrap.copy_files.push(path.to_owned());
+        }
+        if !bootstrap.copy_files.is_empty() && !local {
+            return Err(item.problem(format!(
+                "needs a local url to copy from (the main checkout), not {:?}",
+                config.url
+            )));
+        }
+    }
+    if let Some(item) = table.get("ports_per_slot") {
+        bootstrap.ports_per_slot = item.integer(1)?;
+    }
+    if let Some(item) = table.get("port_base") {
+        bootstrap.port_base = Some(item.integer(1)?);
+        let slots = u32::try_from(config.slots).unwrap_or(u32::MAX);
+        let last = u64::from(bootstrap.port_base_of(1).unwrap_or(0))
+            + u64::from(slots) * u64::from(bootstrap.ports_per_slot)
+            - 1;
+        if last > u64::from(u16::MAX) {
+            return Err(item.problem(format!(
+                "{} slots of {} ports from here end at port {last}, past 65535",
+                config.slots, bootstrap.ports_per_slot
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A `copy_files` entry must stay inside both checkouts: relative, without `..`.
+fn check_copy_path(path: &str) -> Result<(), String> {
+    let components: Vec<_> = Path::new(path).components().collect();
+    if path.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if Path::new(path).is_absolute() {
+        Err(format!("{path:?} must be relative to the repository"))
+    } else if components
+        .iter()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Err(format!("{path:?} must not contain .."))
+    } else if !components
+        .iter()
+        .any(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        Err(format!("{path:?} names no file"))
+    } else if components
+        .iter()
+        .find(|c| matches!(c, std::path::Component::Normal(_)))
+        .is_some_and(|c| c.as_os_str() == ".git")
+    {
+        // A slot's `.git` is git's, not the project's: overwriting it breaks the worktree.
+        Err(format!("{path:?} must not be inside .git"))
+    } else {
+        Ok(())
+    }
 }
 
 /// A local path written relative to the config file is anchored to it, as git would

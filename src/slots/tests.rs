@@ -59,7 +59,8 @@ impl Fixture {
                 url: self.origin.to_string_lossy().into_owned(),
                 slots,
                 base_branch: "main".to_owned(),
-                branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+                    branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+                bootstrap: BootstrapConfig::default(),
             }],
         })
     }
@@ -650,6 +651,7 @@ fn necrocode_pool_grows_by_clones() {
             slots: 3,
             base_branch: "main".to_owned(),
             branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+            bootstrap: BootstrapConfig::default(),
         }],
     });
     let lines = manager.sync().unwrap();
