@@ -51,7 +51,11 @@ pub fn log_tail(path: &Path, max: u64) -> io::Result<String> {
     file.take(max).read_to_end(&mut bytes)?;
     // A cut in the middle of a character leaves continuation bytes (10xxxxxx) in front.
     let skip = if start > 0 {
-        bytes.iter().take(3).take_while(|b| (**b & 0xC0) == 0x80).count()
+        bytes
+            .iter()
+            .take(3)
+            .take_while(|b| (**b & 0xC0) == 0x80)
+            .count()
     } else {
         0
     };
@@ -130,7 +134,8 @@ mod tests {
     use crate::registry::DispatcherMeta;
 
     fn task_with(history: Vec<AttemptRecord>) -> Task {
-        let mut task: Task = serde_json::from_value(json!({"id": "t", "title": "t"})).unwrap();
+        let mut task: Task =
+            serde_json::from_value(json!({"id": "t", "title": "t", "state": "ready"})).unwrap();
         let meta = DispatcherMeta {
             history,
             ..DispatcherMeta::default()

@@ -42,19 +42,45 @@ pub struct Signals<'a> {
     pub terminate: &'a AtomicBool,
 }
 
-/// Copies the files and runs setup. `Err` carries the attempt's end when the runner must not
+/// Why the runner must not start.
+enum NoRunner {
+    /// An `infra` failure, with its reason.
+    Infra(String),
+    Stopped(StopReason),
+}
+
+/// Copies the files and runs setup. `Some` is the attempt's end when the runner must not
 /// start: an `infra` failure, or a stop requested meanwhile.
-pub fn run(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Result<(), Exit> {
+pub fn run(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Option<Exit> {
     let started = Instant::now();
-    prepare(record, dir, signals, started)?;
-    if dir.stop_path().exists() {
+    let mut outcome = prepare(record, dir, signals);
+    if outcome.is_ok() && dir.stop_path().exists() {
         // A stop requested before the runner started, whose signal may not have reached us
         // (the supervisor's pid is only published once the runner runs).
-        let mut exit = ended(record, started);
-        exit.stopped = Some(requested_stop(dir));
-        return Err(exit);
+        outcome = Err(NoRunner::Stopped(requested_stop(dir)));
     }
-    Ok(())
+    let mut exit = Exit {
+        runner_id: record.runner_id.clone(),
+        exit_code: None,
+        signal: None,
+        stopped: None,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        log_truncated: false,
+        error: None,
+        finished_at: Some(timefmt::now_string()),
+        reason: None,
+        class: None,
+    };
+    match outcome.err()? {
+        NoRunner::Infra(reason) => {
+            eprintln!("# dispatcher-supervisor: {reason}");
+            exit.reason = Some(reason);
+            // Retried without counting against the task (`max_infra_retries`).
+            exit.class = Some(FailureClass::Infra);
+        }
+        NoRunner::Stopped(reason) => exit.stopped = Some(reason),
+    }
+    Some(exit)
 }
 
 /// The reason a stop request gave; a bare signal is the dispatcher's drain.
@@ -66,14 +92,9 @@ fn requested_stop(dir: &RunnerDir) -> StopReason {
         .unwrap_or(StopReason::Interrupted)
 }
 
-fn prepare(
-    record: &RunnerRecord,
-    dir: &RunnerDir,
-    signals: &Signals<'_>,
-    started: Instant,
-) -> Result<(), Exit> {
+fn prepare(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Result<(), NoRunner> {
     for file in &record.copy_files {
-        copy(file).map_err(|reason| infra(record, started, reason))?;
+        copy(file).map_err(NoRunner::Infra)?;
         eprintln!("# dispatcher-supervisor: copied {}", file.from.display());
     }
     if record.setup.is_empty() {
@@ -82,37 +103,23 @@ fn prepare(
     let shown = shown(&record.setup);
     eprintln!("# dispatcher-supervisor: setup {shown}");
     let timeout = Duration::from_millis(record.setup_timeout_ms.unwrap_or(u64::MAX));
-    match setup(record, dir, signals, timeout) {
-        Ok(SetupEnd::Exited(status)) if status.success() => {
+    let end = setup(record, dir, signals, timeout)
+        .map_err(|err| NoRunner::Infra(format!("setup {shown} could not start: {err}")))?;
+    match end {
+        SetupEnd::Exited(status) if status.success() => {
             eprintln!("# dispatcher-supervisor: setup {shown} done");
             Ok(())
         }
-        Ok(SetupEnd::Exited(status)) => {
-            let how = match (status.code(), status.signal()) {
-                (Some(code), _) => format!("with exit code {code}"),
-                (None, Some(signal)) => format!("killed by signal {signal}"),
-                (None, None) => "without an exit status".to_owned(),
-            };
-            Err(infra(record, started, format!("setup {shown} failed {how}")))
-        }
-        Ok(SetupEnd::TimedOut) => Err(infra(
-            record,
-            started,
-            format!(
-                "setup {shown} timed out after {}",
-                format_duration(timeout)
-            ),
-        )),
-        Ok(SetupEnd::Stopped(reason)) => {
-            let mut exit = ended(record, started);
-            exit.stopped = Some(reason);
-            Err(exit)
-        }
-        Err(err) => Err(infra(
-            record,
-            started,
-            format!("setup {shown} could not start: {err}"),
-        )),
+        SetupEnd::Exited(status) => Err(NoRunner::Infra(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("setup {shown} failed with exit code {code}"),
+            (None, Some(signal)) => format!("setup {shown} was killed by signal {signal}"),
+            (None, None) => format!("setup {shown} ended without an exit status"),
+        })),
+        SetupEnd::TimedOut => Err(NoRunner::Infra(format!(
+            "setup {shown} timed out after {}",
+            format_duration(timeout)
+        ))),
+        SetupEnd::Stopped(reason) => Err(NoRunner::Stopped(reason)),
     }
 }
 
@@ -137,17 +144,11 @@ fn format_duration(duration: Duration) -> String {
 
 fn copy(file: &CopyFile) -> Result<(), String> {
     let problem = |what: &str, err: io::Error| {
-        format!(
-            "copy_files: cannot {what} {}: {err}",
-            file.from.display()
-        )
+        format!("copy_files: cannot {what} {}: {err}", file.from.display())
     };
     let meta = fs::metadata(&file.from).map_err(|err| problem("read", err))?;
     if !meta.is_file() {
-        return Err(format!(
-            "copy_files: {} is not a file",
-            file.from.display()
-        ));
+        return Err(format!("copy_files: {} is not a file", file.from.display()));
     }
     if let Some(parent) = file.to.parent() {
         fs::create_dir_all(parent).map_err(|err| problem("copy", err))?;
@@ -230,31 +231,6 @@ fn setup(
         Some((end, _)) => end,
         None => SetupEnd::Exited(status),
     })
-}
-
-/// An end without a runner, at the time of the call.
-fn ended(record: &RunnerRecord, started: Instant) -> Exit {
-    Exit {
-        runner_id: record.runner_id.clone(),
-        exit_code: None,
-        signal: None,
-        stopped: None,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        log_truncated: false,
-        error: None,
-        finished_at: Some(timefmt::now_string()),
-        reason: None,
-        class: None,
-    }
-}
-
-/// An `infra` failure: retried without counting against the task.
-fn infra(record: &RunnerRecord, started: Instant, reason: String) -> Exit {
-    eprintln!("# dispatcher-supervisor: {reason}");
-    let mut exit = ended(record, started);
-    exit.reason = Some(reason);
-    exit.class = Some(FailureClass::Infra);
-    exit
 }
 
 #[cfg(test)]

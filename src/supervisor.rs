@@ -409,7 +409,7 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         wake: &wake,
         terminate: &TERMINATE,
     };
-    if let Err(exit) = crate::bootstrap::run(&record, dir, &signals) {
+    if let Some(exit) = crate::bootstrap::run(&record, dir, &signals) {
         return write_exit(dir, &exit);
     }
 

@@ -1788,6 +1788,84 @@ default = "backend"
     }
 
     #[test]
+    fn repo_bootstrap_keys_parse_with_defaults() {
+        let config = parse_ok(
+            r#"
+            [[repo_pool.repos]]
+            name = "web"
+            url = "../web"
+            slots = 3
+            setup = ["npm", "ci"]
+            setup_timeout = "2m"
+            copy_files = [".env", "config/local.json"]
+            port_base = 40000
+
+            [[repo_pool.repos]]
+            name = "api"
+            url = "file:///srv/api"
+            copy_files = ".env"
+            port_base = 50000
+            ports_per_slot = 3
+            "#,
+        );
+        let web = &config.repo_pool.repos[0].bootstrap;
+        assert_eq!(web.setup, ["npm", "ci"]);
+        assert_eq!(web.setup_timeout, secs(120));
+        assert_eq!(web.copy_files, [".env", "config/local.json"]);
+        assert_eq!(web.port_base, Some(40000));
+        assert_eq!(web.ports_per_slot, 10);
+        assert_eq!(
+            (1..=3).map(|n| web.port_base_of(n)).collect::<Vec<_>>(),
+            [Some(40000), Some(40010), Some(40020)]
+        );
+        let api = &config.repo_pool.repos[1];
+        assert_eq!(api.main_checkout(), Some(PathBuf::from("/srv/api")));
+        assert_eq!(api.bootstrap.copy_files, [".env"]);
+        assert_eq!(api.bootstrap.port_base_of(2), Some(50003));
+
+        let plain = &parse_ok("[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\n")
+            .repo_pool
+            .repos[0];
+        assert_eq!(plain.bootstrap, slots::BootstrapConfig::default());
+        assert_eq!(plain.bootstrap.setup_timeout, secs(600));
+        assert_eq!(plain.bootstrap.port_base_of(1), None);
+    }
+
+    #[test]
+    fn repo_bootstrap_errors_name_key_and_line() {
+        let repo = "[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\n";
+        let cases: &[(&str, usize, &str)] = &[
+            ("setup = \"npm ci\"\n", 4, "repo_pool.repos[0].setup: expected an array"),
+            ("setup = [\"\", \"x\"]\n", 4, "repo_pool.repos[0].setup: the program must not be empty"),
+            ("setup_timeout = \"soon\"\n", 4, "repo_pool.repos[0].setup_timeout: invalid duration"),
+            ("setup_timeout = 0\n", 4, "repo_pool.repos[0].setup_timeout: must be above 0"),
+            ("copy_files = [\"/etc/passwd\"]\n", 4, "repo_pool.repos[0].copy_files[0]: \"/etc/passwd\" must be relative"),
+            ("copy_files = [\".env\", \"../up/.env\"]\n", 4, "repo_pool.repos[0].copy_files[1]: \"../up/.env\" must not contain .."),
+            ("copy_files = [\"a/../../b\"]\n", 4, "must not contain .."),
+            ("copy_files = [\".\"]\n", 4, "\".\" names no file"),
+            ("copy_files = [\"\"]\n", 4, "must not be empty"),
+            ("copy_files = [\".git/config\"]\n", 4, "must not be inside .git"),
+            ("port_base = 0\n", 4, "repo_pool.repos[0].port_base: must be at least 1"),
+            ("port_base = 70000\n", 4, "repo_pool.repos[0].port_base: 70000 is too large"),
+            ("port_base = 65530\n", 4, "repo_pool.repos[0].port_base: 2 slots of 10 ports from here end at port 65549, past 65535"),
+            ("ports_per_slot = 0\n", 4, "repo_pool.repos[0].ports_per_slot: must be at least 1"),
+        ];
+        for (extra, line, expected) in cases {
+            let err = parse_err(&format!("{repo}{extra}"), *line);
+            assert!(
+                err.contains(expected),
+                "{extra}\n=> {err}\nwanted {expected}"
+            );
+        }
+        let remote = "[[repo_pool.repos]]\nname = \"a\"\nurl = \"git@example.com:a.git\"\ncopy_files = [\".env\"]\n";
+        let err = parse_err(remote, 4);
+        assert!(
+            err.contains("repo_pool.repos[0].copy_files: needs a local url to copy from"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn default_in_matches_an_empty_file() {
         let config = Config::default_in(Path::new("/base"));
         assert_eq!(config.dispatcher.state_dir, Path::new("/base/.dispatcher"));

@@ -301,40 +301,39 @@ impl Core {
             taskset,
             fingerprint,
             reused,
-        ) =
-            match result {
-                Ok(done) => done,
-                Err(err) if err.is_missing() => {
-                    // The taskset was removed: its tasks are gone, so are their claims. Ended
-                    // attempts give their slots back; picks give back their places and slots.
-                    log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
-                    for finish in &finishes {
-                        self.claimed.remove(&finish.run.key);
-                        self.release_after(finish, None);
-                    }
-                    for (pick, slot) in picks {
-                        self.give_back(&pick, slot);
-                    }
-                    return;
+        ) = match result {
+            Ok(done) => done,
+            Err(err) if err.is_missing() => {
+                // The taskset was removed: its tasks are gone, so are their claims. Ended
+                // attempts give their slots back; picks give back their places and slots.
+                log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
+                for finish in &finishes {
+                    self.claimed.remove(&finish.run.key);
+                    self.release_after(finish, None);
                 }
-                Err(err) => {
-                    let what = if finishes.is_empty() {
-                        format!("claim tasks of {spec}")
-                    } else {
-                        let keys: Vec<String> =
-                            finishes.iter().map(|f| f.run.key.to_string()).collect();
-                        format!("record the end of {}", keys.join(", "))
-                    };
-                    self.pending.extend(finishes);
-                    self.pending_artifacts.extend(artifacts);
-                    // Nothing was claimed: the picks' pool places and slots go back.
-                    for (pick, slot) in picks {
-                        self.give_back(&pick, slot);
-                    }
-                    self.write_failed(spec, &format!("cannot {what}: {err}"));
-                    return;
+                for (pick, slot) in picks {
+                    self.give_back(&pick, slot);
                 }
-            };
+                return;
+            }
+            Err(err) => {
+                let what = if finishes.is_empty() {
+                    format!("claim tasks of {spec}")
+                } else {
+                    let keys: Vec<String> =
+                        finishes.iter().map(|f| f.run.key.to_string()).collect();
+                    format!("record the end of {}", keys.join(", "))
+                };
+                self.pending.extend(finishes);
+                self.pending_artifacts.extend(artifacts);
+                // Nothing was claimed: the picks' pool places and slots go back.
+                for (pick, slot) in picks {
+                    self.give_back(&pick, slot);
+                }
+                self.write_failed(spec, &format!("cannot {what}: {err}"));
+                return;
+            }
+        };
         let mut claimed = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {

@@ -49,7 +49,12 @@ impl Core {
         repo: &str,
         slot_path: &std::path::Path,
     ) -> Option<crate::bootstrap::Bootstrap> {
-        let config = self.config.repo_pool.repos.iter().find(|r| r.name == repo)?;
+        let config = self
+            .config
+            .repo_pool
+            .repos
+            .iter()
+            .find(|r| r.name == repo)?;
         let wanted = &config.bootstrap;
         if wanted.setup.is_empty() && wanted.copy_files.is_empty() {
             return None;

@@ -64,7 +64,13 @@ pub(super) fn commit(slot: &Path, index: &Path, refname: &str) -> Result<String,
     }
     let commit = commit_tree.text()?;
     git()
-        .args(["update-ref", "-m", "dispatcher checkpoint", refname, &commit])
+        .args([
+            "update-ref",
+            "-m",
+            "dispatcher checkpoint",
+            refname,
+            &commit,
+        ])
         .run()?;
     Ok(commit)
 }
@@ -104,7 +110,11 @@ mod tests {
     fn awkward_names_become_valid_refs() {
         // Safe names (no `/`, no leading `.`, no `..`) may still hold what refs refuse.
         let cases = [
-            ("my spec", "t~1^2:x", "refs/dispatcher/my-spec/t-1-2-x/attempt-1"),
+            (
+                "my spec",
+                "t~1^2:x",
+                "refs/dispatcher/my-spec/t-1-2-x/attempt-1",
+            ),
             ("s.lock", "a?b*[c]", "refs/dispatcher/s/a-b--c]/attempt-1"),
             ("s", "x@{1}", "refs/dispatcher/s/x-{1}/attempt-1"),
             ("-s", "t.", "refs/dispatcher/s/t/attempt-1"),

@@ -101,7 +101,8 @@ impl Git {
     }
 
     pub fn env_path(mut self, key: &str, value: &Path) -> Git {
-        self.env.push((key.to_owned(), value.as_os_str().to_owned()));
+        self.env
+            .push((key.to_owned(), value.as_os_str().to_owned()));
         self
     }
 

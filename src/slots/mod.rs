@@ -694,6 +694,9 @@ impl SlotManager {
 
         // A NecroCode clone has never been told to hide slot.json.
         ensure_excluded(slot)?;
+        if let Some(config) = self.configured(&slot.repo) {
+            exclude_copied(slot, &config.bootstrap.copy_files)?;
+        }
         fetch_base(slot, &settings.base_branch);
         let start = start_point(&slot.path, &slot.repo, &settings.base_branch)?;
         let start_commit = rev(slot, &start)?.unwrap_or_default();
@@ -1107,6 +1110,42 @@ fn check_checkout(slot: &Slot) -> Result<(), SlotError> {
 /// Adds `/slot.json` to the repository's `info/exclude` (shared by all worktrees of a main
 /// clone), so that `git status` and `git add -A` never see it.
 fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
+    let patterns = [SLOT_FILE_PATTERN.to_owned(), SLOT_TEMP_PATTERN.to_owned()];
+    exclude(slot, "dispatcher slot state", &patterns)
+}
+
+/// Hides the repository's `copy_files` the same way: they are the slot's environment (often
+/// secrets, like `.env`), not an agent's work, so they must not land in patches or
+/// checkpoints. A file the repository tracks is not affected.
+fn exclude_copied(slot: &Slot, copy_files: &[String]) -> Result<(), SlotError> {
+    let patterns: Vec<String> = copy_files
+        .iter()
+        .map(|path| exclude_pattern(path))
+        .collect();
+    exclude(slot, "dispatcher copy_files", &patterns)
+}
+
+/// `path` as an ignore pattern that matches only itself: anchored by its leading `/` (which
+/// also keeps a `!` or `#` from meaning negation or a comment), glob characters escaped.
+fn exclude_pattern(path: &str) -> String {
+    let mut pattern = String::from("/");
+    for c in path.trim_start_matches("./").chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    if pattern.ends_with(' ') {
+        pattern.insert(pattern.len() - 1, '\\');
+    }
+    pattern
+}
+
+/// Appends to the repository's `info/exclude` each of `patterns` it lacks, under `# header`.
+fn exclude(slot: &Slot, header: &str, patterns: &[String]) -> Result<(), SlotError> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
     let text = slot
         .git()
         .args(["rev-parse", "--git-path", "info/exclude"])
@@ -1118,7 +1157,11 @@ fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
         Err(err) => return Err(SlotError::io("read", &path, err)),
     };
-    if current.lines().any(|line| line.trim() == SLOT_FILE_PATTERN) {
+    let missing: Vec<&String> = patterns
+        .iter()
+        .filter(|pattern| !current.lines().any(|line| line == pattern.as_str()))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
@@ -1129,18 +1172,18 @@ fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
     } else {
         "\n"
     };
+    let mut lines = format!("{separator}# {header}\n");
+    for pattern in missing {
+        lines.push_str(pattern);
+        lines.push('\n');
+    }
     // Append mode: two slots of one main clone may add the line at once; a duplicate line
     // is harmless, a lost write would not be.
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut out| {
-            let lines = format!(
-                "{separator}# dispatcher slot state\n{SLOT_FILE_PATTERN}\n{SLOT_TEMP_PATTERN}\n"
-            );
-            out.write_all(lines.as_bytes())
-        })
+        .and_then(|mut out| out.write_all(lines.as_bytes()))
         .map_err(|e| SlotError::io("write", &path, e))
 }
 
