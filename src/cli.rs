@@ -21,6 +21,7 @@ use dispatcher::status::StatusReport;
 use dispatcher::sys::SignalSet;
 use dispatcher::{ControlHandle, Dispatcher, RunOutcome};
 
+mod attempts_cmd;
 mod events_cmd;
 
 /// A configuration, lock or I/O error.
@@ -90,6 +91,16 @@ enum Command {
     Retry {
         /// The task, as SPEC/TASK_ID.
         task: String,
+    },
+    /// List a task's attempts (SPEC/TASK_ID): outcome, failure class, whether it counted,
+    /// exit code, error, and the checkpoint ref of a failed attempt's worktree, marked
+    /// "(gone)" when it no longer exists in the repository.
+    Attempts {
+        /// The task, as SPEC/TASK_ID.
+        task: String,
+        /// Print a JSON array of the attempt records, each with `checkpoint_exists`.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a task: a waiting one is failed at once; a running one has its runner stopped
     /// (its process group gets SIGTERM, then SIGKILL) and is failed with reason "cancelled".
@@ -289,6 +300,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<u8> {
             emit(&format!("{spec}/{id}: ready again, attempts reset\n"))?;
             Ok(0)
         }
+        Command::Attempts { task, json } => attempts_cmd::attempts(&config, task, *json),
         Command::Cancel { task } => {
             let (spec, id) = control::parse_task_ref(task)?;
             let (registry, events) = registry_and_events(&config);

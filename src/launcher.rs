@@ -39,6 +39,10 @@ pub struct LaunchSpec {
     pub heartbeat_timeout: Option<Duration>,
     pub stop_grace: Duration,
     pub max_log_bytes: Option<u64>,
+    /// What the slot needs before the runner (local pools; engines do not run it).
+    pub bootstrap: Option<crate::bootstrap::Bootstrap>,
+    /// The first of the slot's ports (`DISPATCHER_PORT_BASE`), when its repository has some.
+    pub port_base: Option<u16>,
 }
 
 /// A started runner: its supervisor process and the files the watchdog looks at.
@@ -117,6 +121,8 @@ pub fn prepare(
         workdir: &req.workdir,
         shown_workdir: view.workdir.as_deref(),
         repo_url: req.repo_url.as_deref(),
+        port_base: req.port_base,
+        previous_attempt: crate::attempts::previous_attempt(&req.task, req.attempt),
     };
     let dir = &req.runner_dir;
     fs::create_dir_all(facts.workdir).map_err(prepare_error(facts.workdir))?;
@@ -150,6 +156,9 @@ pub fn prepare(
         ("TASK_CONTEXT", context_env.into()),
         ("DISPATCHER_ATTEMPT", facts.attempt.to_string().into()),
     ];
+    if let Some(port_base) = facts.port_base {
+        contract.push(("DISPATCHER_PORT_BASE", port_base.to_string().into()));
+    }
     if let (Some(shown_dir), Some(shown_context)) = (shown_dir, shown_context.clone()) {
         contract.push(("TASK_CONTEXT_FILE", shown_context.into()));
         contract.push((
@@ -194,7 +203,7 @@ pub fn prepare(
         context_file: &context_file,
     };
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let record = RunnerRecord {
+    let mut record = RunnerRecord {
         runner_id: facts.runner_id.to_string(),
         spec: facts.spec.to_string(),
         task_id: facts.task.id.clone(),
@@ -221,7 +230,16 @@ pub fn prepare(
             .kind
             .is_engine()
             .then(|| pool.kind.as_str().to_string()),
+        copy_files: Vec::new(),
+        setup: Vec::new(),
+        setup_timeout_ms: None,
     };
+    // Only a supervisor on this machine bootstraps a slot; an engine's job runs elsewhere.
+    if let Some(bootstrap) = req.bootstrap.as_ref().filter(|_| !pool.kind.is_engine()) {
+        record.copy_files.clone_from(&bootstrap.copy_files);
+        record.setup.clone_from(&bootstrap.setup);
+        record.setup_timeout_ms = Some(millis(bootstrap.setup_timeout));
+    }
     Ok(Prepared {
         env,
         record,

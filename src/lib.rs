@@ -6,7 +6,9 @@
 //! Threads: the registry monitor ([`monitor`]) and the runner watchdog ([`watchdog`]) send
 //! messages to the core ([`core`]), which alone owns the scheduling state.
 
+pub mod attempts;
 pub mod authoring;
+pub mod bootstrap;
 pub mod config;
 pub mod control;
 pub mod core;

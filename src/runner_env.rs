@@ -29,6 +29,10 @@ pub struct RunnerFacts<'a> {
     /// when the runner cannot see it and clones the repository itself.
     pub shown_workdir: Option<&'a Path>,
     pub repo_url: Option<&'a str>,
+    /// The first of the slot's ports, when its repository has a port range.
+    pub port_base: Option<u16>,
+    /// The attempt before this one (see [`crate::attempts::previous_attempt`]).
+    pub previous_attempt: Option<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +52,11 @@ pub enum EnvError {
 }
 
 /// The JSON given to the runner in `TASK_CONTEXT` and `TASK_CONTEXT_FILE`, with NecroCode's
-/// field names (plus `runner_id`, `attempt` and `pool`).
+/// field names (plus `runner_id`, `attempt`, `pool`, `previous_attempt`, and `port_base` when
+/// the slot has ports).
 pub fn task_context(facts: &RunnerFacts<'_>) -> Value {
     let task = facts.task;
-    json!({
+    let mut context = json!({
         "task_id": task.id,
         "spec_name": facts.spec,
         "task_title": task.title,
@@ -66,7 +71,12 @@ pub fn task_context(facts: &RunnerFacts<'_>) -> Value {
         "runner_id": facts.runner_id,
         "attempt": facts.attempt,
         "pool": facts.pool_name,
-    })
+        "previous_attempt": facts.previous_attempt,
+    });
+    if let Some(port_base) = facts.port_base {
+        context["port_base"] = json!(port_base);
+    }
+    context
 }
 
 /// Linux refuses to start a program with an environment string (`NAME=value` and its NUL)

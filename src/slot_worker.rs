@@ -29,6 +29,8 @@ pub enum SlotJob {
         repo: String,
         slot_id: String,
         patch_path: PathBuf,
+        /// For a failed attempt: the ref its worktree is saved under before the clean.
+        checkpoint: Option<String>,
     },
     /// Read the slot files again: slots repaired by `dispatcher slots sync` or freed by
     /// another process while we run are otherwise never seen.
@@ -138,10 +140,11 @@ fn run(manager: &SlotManager, job: SlotJob) -> SlotEvent {
             repo,
             slot_id,
             patch_path,
+            checkpoint,
         } => {
             let holder = format!("{}/{}", key.spec, key.id);
             let result = manager
-                .release_held(&slot_id, Some(&holder), &patch_path)
+                .release_held(&slot_id, Some(&holder), &patch_path, checkpoint.as_deref())
                 .map_err(|err| err.to_string());
             SlotEvent::Released {
                 key,

@@ -70,7 +70,7 @@ impl StopReason {
         }
     }
 
-    fn parse(text: &str) -> Option<StopReason> {
+    pub(crate) fn parse(text: &str) -> Option<StopReason> {
         [
             StopReason::TimedOut,
             StopReason::HeartbeatLost,
@@ -114,6 +114,14 @@ pub struct RunnerRecord {
     /// machine. An engine runner has no supervisor and no lock: `engine.json` names its job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// The slot's bootstrap, done before the runner starts (see [`crate::bootstrap`]): files
+    /// copied from the main checkout, then the `setup` argv with its timeout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_files: Vec<crate::bootstrap::CopyFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_timeout_ms: Option<u64>,
 }
 
 /// `supervisor.json`, written once the runner has started.
@@ -418,6 +426,16 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
     io::Read::read_to_end(&mut lock, &mut bytes)?;
     let record: RunnerRecord = serde_json::from_slice(&bytes)
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+
+    // Setup belongs to the attempt: its output goes to the log, its failure is the attempt's
+    // end, and a stop request that comes meanwhile ends it without starting the runner.
+    let signals = crate::bootstrap::Signals {
+        wake: &wake,
+        terminate: &TERMINATE,
+    };
+    if let Some(exit) = crate::bootstrap::run(&record, dir, &signals) {
+        return write_exit(dir, &exit);
+    }
 
     let started = Instant::now();
     let (program, args) = record

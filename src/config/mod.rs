@@ -334,7 +334,18 @@ const RETRY_KEYS: &[&str] = &[
 ];
 const REGISTRY_KEYS: &[&str] = &["dir"];
 const REPO_POOL_KEYS: &[&str] = &["dir", "repos"];
-const REPO_KEYS: &[&str] = &["name", "url", "slots", "base_branch", "branch_pattern"];
+const REPO_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "slots",
+    "base_branch",
+    "branch_pattern",
+    "setup",
+    "setup_timeout",
+    "copy_files",
+    "port_base",
+    "ports_per_slot",
+];
 const DEADLOCK_KEYS: &[&str] = &["enabled", "check_interval", "action"];
 const POOL_KEYS: &[&str] = &[
     "type",
@@ -661,13 +672,98 @@ fn decode_repo(section: &Item<'_>, base_dir: &Path) -> Result<RepoConfig, Proble
         }
         None => slots::DEFAULT_BRANCH_PATTERN.to_owned(),
     };
-    Ok(RepoConfig {
+    let mut config = RepoConfig {
         name: name.to_owned(),
         url: repo_url(url, base_dir),
         slots,
         base_branch,
         branch_pattern,
-    })
+        bootstrap: slots::BootstrapConfig::default(),
+    };
+    decode_bootstrap(&table, &mut config)?;
+    Ok(config)
+}
+
+/// The worktree bootstrap keys of a `[[repo_pool.repos]]` table.
+fn decode_bootstrap(table: &tree::Table<'_>, config: &mut RepoConfig) -> Result<(), Problem> {
+    let local = config.main_checkout().is_some();
+    let bootstrap = &mut config.bootstrap;
+    if let Some(item) = table.get("setup") {
+        let argv = item
+            .array()?
+            .iter()
+            .map(|item| item.str().map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        if argv.first().is_some_and(String::is_empty) {
+            return Err(item.problem("the program must not be empty"));
+        }
+        bootstrap.setup = argv;
+    }
+    if let Some(item) = table.get("setup_timeout") {
+        let timeout = item.duration()?;
+        if timeout.is_zero() {
+            return Err(item.problem("must be above 0"));
+        }
+        bootstrap.setup_timeout = timeout;
+    }
+    if let Some(item) = table.get("copy_files") {
+        for (entry, path) in item.string_list()? {
+            check_copy_path(path).map_err(|message| entry.problem(message))?;
+            bootstrap.copy_files.push(path.to_owned());
+        }
+        if !bootstrap.copy_files.is_empty() && !local {
+            return Err(item.problem(format!(
+                "needs a local url to copy from (the main checkout), not {:?}",
+                config.url
+            )));
+        }
+    }
+    if let Some(item) = table.get("ports_per_slot") {
+        bootstrap.ports_per_slot = item.integer(1)?;
+    }
+    if let Some(item) = table.get("port_base") {
+        bootstrap.port_base = Some(item.integer(1)?);
+        let slots = u32::try_from(config.slots).unwrap_or(u32::MAX);
+        let last = u64::from(bootstrap.port_base_of(1).unwrap_or(0))
+            + u64::from(slots) * u64::from(bootstrap.ports_per_slot)
+            - 1;
+        if last > u64::from(u16::MAX) {
+            return Err(item.problem(format!(
+                "{} slots of {} ports from here end at port {last}, past 65535",
+                config.slots, bootstrap.ports_per_slot
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A `copy_files` entry must stay inside both checkouts: relative, without `..`.
+fn check_copy_path(path: &str) -> Result<(), String> {
+    let components: Vec<_> = Path::new(path).components().collect();
+    if path.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if Path::new(path).is_absolute() {
+        Err(format!("{path:?} must be relative to the repository"))
+    } else if components
+        .iter()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Err(format!("{path:?} must not contain .."))
+    } else if !components
+        .iter()
+        .any(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        Err(format!("{path:?} names no file"))
+    } else if components
+        .iter()
+        .find(|c| matches!(c, std::path::Component::Normal(_)))
+        .is_some_and(|c| c.as_os_str() == ".git")
+    {
+        // A slot's `.git` is git's, not the project's: overwriting it breaks the worktree.
+        Err(format!("{path:?} must not be inside .git"))
+    } else {
+        Ok(())
+    }
 }
 
 /// A local path written relative to the config file is anchored to it, as git would
@@ -1711,6 +1807,84 @@ default = "backend"
         let err = parse_err("[[repo_pool.repos]]\nname = \"a\"\n", 2);
         assert!(
             err.contains("repo_pool.repos[0]: missing key \"url\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn repo_bootstrap_keys_parse_with_defaults() {
+        let config = parse_ok(
+            r#"
+            [[repo_pool.repos]]
+            name = "web"
+            url = "../web"
+            slots = 3
+            setup = ["npm", "ci"]
+            setup_timeout = "2m"
+            copy_files = [".env", "config/local.json"]
+            port_base = 40000
+
+            [[repo_pool.repos]]
+            name = "api"
+            url = "file:///srv/api"
+            copy_files = ".env"
+            port_base = 50000
+            ports_per_slot = 3
+            "#,
+        );
+        let web = &config.repo_pool.repos[0].bootstrap;
+        assert_eq!(web.setup, ["npm", "ci"]);
+        assert_eq!(web.setup_timeout, secs(120));
+        assert_eq!(web.copy_files, [".env", "config/local.json"]);
+        assert_eq!(web.port_base, Some(40000));
+        assert_eq!(web.ports_per_slot, 10);
+        assert_eq!(
+            (1..=3).map(|n| web.port_base_of(n)).collect::<Vec<_>>(),
+            [Some(40000), Some(40010), Some(40020)]
+        );
+        let api = &config.repo_pool.repos[1];
+        assert_eq!(api.main_checkout(), Some(PathBuf::from("/srv/api")));
+        assert_eq!(api.bootstrap.copy_files, [".env"]);
+        assert_eq!(api.bootstrap.port_base_of(2), Some(50003));
+
+        let plain = &parse_ok("[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\n")
+            .repo_pool
+            .repos[0];
+        assert_eq!(plain.bootstrap, slots::BootstrapConfig::default());
+        assert_eq!(plain.bootstrap.setup_timeout, secs(600));
+        assert_eq!(plain.bootstrap.port_base_of(1), None);
+    }
+
+    #[test]
+    fn repo_bootstrap_errors_name_key_and_line() {
+        let repo = "[[repo_pool.repos]]\nname = \"a\"\nurl = \"x\"\n";
+        let cases: &[(&str, usize, &str)] = &[
+            ("setup = \"npm ci\"\n", 4, "repo_pool.repos[0].setup: expected an array"),
+            ("setup = [\"\", \"x\"]\n", 4, "repo_pool.repos[0].setup: the program must not be empty"),
+            ("setup_timeout = \"soon\"\n", 4, "repo_pool.repos[0].setup_timeout: invalid duration"),
+            ("setup_timeout = 0\n", 4, "repo_pool.repos[0].setup_timeout: must be above 0"),
+            ("copy_files = [\"/etc/passwd\"]\n", 4, "repo_pool.repos[0].copy_files[0]: \"/etc/passwd\" must be relative"),
+            ("copy_files = [\".env\", \"../up/.env\"]\n", 4, "repo_pool.repos[0].copy_files[1]: \"../up/.env\" must not contain .."),
+            ("copy_files = [\"a/../../b\"]\n", 4, "must not contain .."),
+            ("copy_files = [\".\"]\n", 4, "\".\" names no file"),
+            ("copy_files = [\"\"]\n", 4, "must not be empty"),
+            ("copy_files = [\".git/config\"]\n", 4, "must not be inside .git"),
+            ("port_base = 0\n", 4, "repo_pool.repos[0].port_base: must be at least 1"),
+            ("port_base = 70000\n", 4, "repo_pool.repos[0].port_base: 70000 is too large"),
+            ("port_base = 65530\n", 4, "repo_pool.repos[0].port_base: 2 slots of 10 ports from here end at port 65549, past 65535"),
+            ("ports_per_slot = 0\n", 4, "repo_pool.repos[0].ports_per_slot: must be at least 1"),
+        ];
+        for (extra, line, expected) in cases {
+            let err = parse_err(&format!("{repo}{extra}"), *line);
+            assert!(
+                err.contains(expected),
+                "{extra}\n=> {err}\nwanted {expected}"
+            );
+        }
+        let remote = "[[repo_pool.repos]]\nname = \"a\"\nurl = \"git@example.com:a.git\"\ncopy_files = [\".env\"]\n";
+        let err = parse_err(remote, 4);
+        assert!(
+            err.contains("repo_pool.repos[0].copy_files: needs a local url to copy from"),
             "{err}"
         );
     }

@@ -270,10 +270,10 @@ impl Core {
             // What the file held under the lock, before our change: another writer may have
             // changed it since we last read it.
             let read_version = taskset.version;
-            let verdicts: Vec<Verdict> = finishes
+            let (verdicts, checkpoints): (Vec<Verdict>, Vec<Option<String>>) = finishes
                 .iter()
                 .map(|finish| apply_finish(taskset, finish, &retry, now))
-                .collect();
+                .unzip();
             let unblocked = if verdicts.iter().any(|v| matches!(v, Verdict::Done)) {
                 taskset.unblock_ready_dependents(&now_text)
             } else {
@@ -297,42 +297,49 @@ impl Core {
                 || !unblocked.is_empty()
                 || attempts.iter().any(Option::is_some)
                 || added;
-            ((verdicts, unblocked, attempts, read_version), changed)
+            (
+                (verdicts, checkpoints, unblocked, attempts, read_version),
+                changed,
+            )
         });
-        let ((verdicts, unblocked, attempts, read_version), taskset, fingerprint, reused) =
-            match result {
-                Ok(done) => done,
-                Err(err) if err.is_missing() => {
-                    // The taskset was removed: its tasks are gone, so are their claims. Ended
-                    // attempts give their slots back; picks give back their places and slots.
-                    log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
-                    for finish in &finishes {
-                        self.claimed.remove(&finish.run.key);
-                        self.release_after(finish);
-                    }
-                    for (pick, slot) in picks {
-                        self.give_back(&pick, slot);
-                    }
-                    return;
+        let (
+            (verdicts, checkpoints, unblocked, attempts, read_version),
+            taskset,
+            fingerprint,
+            reused,
+        ) = match result {
+            Ok(done) => done,
+            Err(err) if err.is_missing() => {
+                // The taskset was removed: its tasks are gone, so are their claims. Ended
+                // attempts give their slots back; picks give back their places and slots.
+                log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
+                for finish in &finishes {
+                    self.claimed.remove(&finish.run.key);
+                    self.release_after(finish, None);
                 }
-                Err(err) => {
-                    let what = if finishes.is_empty() {
-                        format!("claim tasks of {spec}")
-                    } else {
-                        let keys: Vec<String> =
-                            finishes.iter().map(|f| f.run.key.to_string()).collect();
-                        format!("record the end of {}", keys.join(", "))
-                    };
-                    self.pending.extend(finishes);
-                    self.pending_artifacts.extend(artifacts);
-                    // Nothing was claimed: the picks' pool places and slots go back.
-                    for (pick, slot) in picks {
-                        self.give_back(&pick, slot);
-                    }
-                    self.write_failed(spec, &format!("cannot {what}: {err}"));
-                    return;
+                for (pick, slot) in picks {
+                    self.give_back(&pick, slot);
                 }
-            };
+                return;
+            }
+            Err(err) => {
+                let what = if finishes.is_empty() {
+                    format!("claim tasks of {spec}")
+                } else {
+                    let keys: Vec<String> =
+                        finishes.iter().map(|f| f.run.key.to_string()).collect();
+                    format!("record the end of {}", keys.join(", "))
+                };
+                self.pending.extend(finishes);
+                self.pending_artifacts.extend(artifacts);
+                // Nothing was claimed: the picks' pool places and slots go back.
+                for (pick, slot) in picks {
+                    self.give_back(&pick, slot);
+                }
+                self.write_failed(spec, &format!("cannot {what}: {err}"));
+                return;
+            }
+        };
         let mut claimed = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {
@@ -358,7 +365,7 @@ impl Core {
 
         let mut events = Vec::new();
         let mut changed: Vec<String> = Vec::new();
-        for (finish, verdict) in finishes.iter().zip(&verdicts) {
+        for ((finish, verdict), checkpoint) in finishes.iter().zip(&verdicts).zip(checkpoints) {
             let pool = finish
                 .run
                 .pool
@@ -390,7 +397,7 @@ impl Core {
             events.extend(finish_events(finish, verdict));
             log_verdict(finish, verdict, &unblocked);
             self.claimed.remove(&finish.run.key);
-            self.release_after(finish);
+            self.release_after(finish, checkpoint);
             changed.push(finish.run.key.id.to_string());
             // The registry now says how the attempt ended; the runner's files have served.
             if crate::names::validate("runner id", &finish.run.runner_id).is_ok() {
@@ -458,7 +465,7 @@ impl Core {
                 repo: repo.to_string(),
                 slot_id: slot.slot_id,
             };
-            self.release(&pick.key, hold, 0);
+            self.release(&pick.key, hold, 0, None);
         }
     }
 
@@ -478,6 +485,11 @@ impl Core {
             repo: repo.to_string(),
             slot_id: s.slot_id.clone(),
         });
+        let bootstrap = slot
+            .as_ref()
+            .zip(hold.as_ref())
+            .and_then(|(slot, hold)| self.bootstrap_of(&hold.repo, &slot.slot_path));
+        let port_base = slot.as_ref().and_then(|slot| slot.port_base);
         let (workdir, repo_url) = match slot {
             Some(slot) => (slot.slot_path, Some(slot.repo_url)),
             None => (self.state.scratch_dir(&key.spec, &key.id), None),
@@ -497,6 +509,8 @@ impl Core {
             heartbeat_timeout: self.heartbeat_timeout,
             stop_grace: self.config.dispatcher.stop_grace_period,
             max_log_bytes: self.config.dispatcher.max_log_bytes,
+            bootstrap,
+            port_base,
         };
         self.running.insert(
             runner_id.clone(),
@@ -590,21 +604,23 @@ fn claim(
     Some(meta.attempts)
 }
 
-/// Writes the end of one attempt into the taskset (under the caller's lock).
+/// Writes the end of one attempt into the taskset (under the caller's lock). Also returns,
+/// for a failed attempt that held a slot, the ref its worktree is to be saved under: the name
+/// is decided here, from the history, so the record names it before the release makes it.
 fn apply_finish(
     taskset: &mut Taskset,
     finish: &Finish,
     retry: &RetrySettings,
     now: NaiveDateTime,
-) -> Verdict {
+) -> (Verdict, Option<String>) {
     let exit = &finish.exit;
     let now_text = timefmt::format(now);
     let Some(task) = taskset.task_mut(&finish.run.key.id) else {
-        return Verdict::Gone;
+        return (Verdict::Gone, None);
     };
     if task.state != TaskState::Running || task.runner_id.as_deref() != Some(&finish.run.runner_id)
     {
-        return Verdict::Gone;
+        return (Verdict::Gone, None);
     }
     let mut meta = task.dispatcher_meta();
     meta.last_exit_code = exit.exit_code;
@@ -694,6 +710,11 @@ fn apply_finish(
         .and_then(|r| r.spend)
         .or(finish.run.spend)
         .map(crate::runner_report::Spend::to_json);
+    let checkpoint = (finish.run.slot.is_some() && !exit.succeeded()).then(|| {
+        let attempt = finish.run.attempt;
+        let nth = 1 + meta.history.iter().filter(|r| r.attempt == attempt).count();
+        crate::slots::checkpoint_ref(&finish.run.key.spec, &finish.run.key.id, attempt, nth)
+    });
     meta.history.push(AttemptRecord {
         attempt: finish.run.attempt,
         runner_id: finish.run.runner_id.clone(),
@@ -707,10 +728,11 @@ fn apply_finish(
         counted,
         log_file: Some(finish.run.log_path.display().to_string()),
         spend,
+        checkpoint_ref: checkpoint.clone(),
         ..AttemptRecord::default()
     });
     task.set_dispatcher_meta(&meta);
-    verdict
+    (verdict, checkpoint)
 }
 
 /// The notification an attempt's end is worth, if any (users pick which kinds they get).

@@ -281,6 +281,10 @@ pub struct Core {
     /// Slot releases sent (or held back until `slots_ready`) and not answered yet.
     releasing: usize,
     early_releases: Vec<crate::slot_worker::SlotJob>,
+    /// Releases in flight per task, and allocations held back until their task's release is
+    /// done: the next attempt must find the checkpoint its predecessor's release makes.
+    releases_of: HashMap<TaskKey, usize>,
+    allocations_after_release: Vec<crate::slot_worker::SlotJob>,
     /// Patch artifacts of released slots, to add to their tasks in the next write.
     pending_artifacts: Vec<(TaskKey, serde_json::Value)>,
     /// The last slot error per repository with broken slots, for `status`.
@@ -368,6 +372,8 @@ impl Core {
             allocated: Vec::new(),
             releasing: 0,
             early_releases: Vec::new(),
+            releases_of: HashMap::new(),
+            allocations_after_release: Vec::new(),
             pending_artifacts: Vec::new(),
             slot_errors: BTreeMap::new(),
             slot_jobs_sent: 0,

@@ -35,6 +35,9 @@ impl Core {
                 log::warn!("reload: {what} changed; it takes effect at the next start");
             }
         }
+        // The slot manager keeps the repositories it started with; so does the bootstrap of
+        // their slots (setup, copy_files), which must match the pools on disk.
+        config.repo_pool = old.repo_pool.clone();
         // A pool removed while it still runs tasks stays, taking nothing new, until they end.
         for pool in &self.pools {
             let still_busy = pool.running > 0 && !config.agent_pools.contains_key(&pool.name);

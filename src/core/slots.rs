@@ -42,6 +42,40 @@ impl Core {
         managed.then(|| Arc::from(repo))
     }
 
+    /// What a fresh slot of `repo` at `slot_path` needs before the runner: the configured
+    /// `copy_files` (from the main checkout to the same place in the slot) and `setup`.
+    pub(super) fn bootstrap_of(
+        &self,
+        repo: &str,
+        slot_path: &std::path::Path,
+    ) -> Option<crate::bootstrap::Bootstrap> {
+        let config = self
+            .config
+            .repo_pool
+            .repos
+            .iter()
+            .find(|r| r.name == repo)?;
+        let wanted = &config.bootstrap;
+        if wanted.setup.is_empty() && wanted.copy_files.is_empty() {
+            return None;
+        }
+        // Config loading refused copy_files without a local url.
+        let main = config.main_checkout().unwrap_or_default();
+        let copy_files = wanted
+            .copy_files
+            .iter()
+            .map(|path| crate::bootstrap::CopyFile {
+                from: main.join(path),
+                to: slot_path.join(path),
+            })
+            .collect();
+        Some(crate::bootstrap::Bootstrap {
+            setup: wanted.setup.clone(),
+            setup_timeout: wanted.setup_timeout,
+            copy_files,
+        })
+    }
+
     /// The slot a running task holds, from the registry.
     pub(super) fn slot_hold_of(&mut self, task: &Task) -> Option<SlotHold> {
         let repo = self.repo_of(task)?;
@@ -127,12 +161,19 @@ impl Core {
     }
 
     /// Sends the pick to a slot thread; its pool place is already reserved.
+    /// A task whose last slot is still being released waits for that release, so that its
+    /// next attempt sees the checkpoint the release saves.
     pub(super) fn allocate(&mut self, pick: super::Pick, repo: &str) {
         self.queue.remove(&pick.key);
-        self.send_slot_job(SlotJob::Allocate {
+        let job = SlotJob::Allocate {
             key: pick.key.clone(),
             repo: repo.to_string(),
-        });
+        };
+        if self.releases_of.contains_key(&pick.key) {
+            self.allocations_after_release.push(job);
+        } else {
+            self.send_slot_job(job);
+        }
         self.allocating.insert(pick.key.clone(), pick);
     }
 
@@ -141,13 +182,23 @@ impl Core {
     ///
     /// Before the slot threads have reported the free slots at start-up, releases wait:
     /// that report replaces the counts, so a release counted before it would be lost.
-    pub(super) fn release(&mut self, key: &TaskKey, hold: SlotHold, attempt: u32) {
+    ///
+    /// `checkpoint`: the ref the worktree of a failed attempt is saved under first.
+    pub(super) fn release(
+        &mut self,
+        key: &TaskKey,
+        hold: SlotHold,
+        attempt: u32,
+        checkpoint: Option<String>,
+    ) {
         self.releasing += 1;
+        *self.releases_of.entry(key.clone()).or_default() += 1;
         let job = SlotJob::Release {
             key: key.clone(),
             repo: hold.repo,
             slot_id: hold.slot_id,
             patch_path: self.state.patch_path(&key.spec, &key.id, attempt),
+            checkpoint,
         };
         if self.slots_ready {
             self.send_slot_job(job);
@@ -156,9 +207,30 @@ impl Core {
         }
     }
 
-    pub(super) fn release_after(&mut self, finish: &Finish) {
+    pub(super) fn release_after(&mut self, finish: &Finish, checkpoint: Option<String>) {
         if let Some(hold) = finish.run.slot.clone() {
-            self.release(&finish.run.key, hold, finish.run.attempt);
+            self.release(&finish.run.key, hold, finish.run.attempt, checkpoint);
+        }
+    }
+
+    /// A release of `key` is answered: allocations that waited for it go out.
+    fn release_done(&mut self, key: &TaskKey) {
+        if let Some(n) = self.releases_of.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.releases_of.remove(key);
+            }
+        }
+        let (ready, waiting): (Vec<SlotJob>, Vec<SlotJob>) =
+            std::mem::take(&mut self.allocations_after_release)
+                .into_iter()
+                .partition(|job| match job {
+                    SlotJob::Allocate { key, .. } => !self.releases_of.contains_key(key),
+                    _ => true,
+                });
+        self.allocations_after_release = waiting;
+        for job in ready {
+            self.send_slot_job(job);
         }
     }
 
@@ -190,7 +262,7 @@ impl Core {
                             repo,
                             slot_id: allocation.slot_id,
                         };
-                        self.release(&key, hold, 0);
+                        self.release(&key, hold, 0, None);
                     }
                     Ok(None) => {
                         // Our count was ahead of the files (another process took a slot).
@@ -212,6 +284,7 @@ impl Core {
                 result,
             } => {
                 self.releasing -= 1;
+                self.release_done(&key);
                 match result {
                     Ok(Release::NotHeld) => {}
                     Ok(Release::Released(patch)) => {

@@ -1,6 +1,7 @@
 //! The one place that runs `git`: argv only (never a shell), stdin null, output captured, a
 //! kill after a timeout, and errors that name the command, the directory and git's stderr.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -61,7 +62,7 @@ fn stderr_text(stderr: &str) -> &str {
 pub struct Git {
     dir: PathBuf,
     args: Vec<String>,
-    env: Vec<(String, PathBuf)>,
+    env: Vec<(String, OsString)>,
     timeout: Duration,
 }
 
@@ -100,7 +101,13 @@ impl Git {
     }
 
     pub fn env_path(mut self, key: &str, value: &Path) -> Git {
-        self.env.push((key.to_owned(), value.to_path_buf()));
+        self.env
+            .push((key.to_owned(), value.as_os_str().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Git {
+        self.env.push((key.to_owned(), value.into()));
         self
     }
 

@@ -24,6 +24,7 @@
 //! the slot, so a slot whose `.git` is gone fails instead of cleaning an enclosing repository.
 
 pub(crate) mod branch;
+mod checkpoint;
 mod error;
 pub(crate) mod git;
 mod model;
@@ -44,6 +45,7 @@ use crate::registry::json::to_pretty_bytes;
 use crate::timefmt;
 
 pub use branch::branch_name;
+pub use checkpoint::{checkpoint_ref, REF_PREFIX};
 pub use error::SlotError;
 pub use git::GitError;
 pub use model::SlotState;
@@ -91,6 +93,62 @@ pub struct RepoConfig {
     pub base_branch: String,
     /// `{spec}` and `{task_id}` are replaced; see [`branch_name`].
     pub branch_pattern: String,
+    /// What a fresh slot needs before its runner starts (`setup`, `copy_files`, ports).
+    pub bootstrap: BootstrapConfig,
+}
+
+/// Per-repository worktree bootstrap: run by each attempt's supervisor in the slot before the
+/// runner, so that a failure is that attempt's (`infra`) failure, visible and retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapConfig {
+    /// An argv run in the slot (no shell); empty: none.
+    pub setup: Vec<String>,
+    pub setup_timeout: Duration,
+    /// Paths relative to the main checkout (the repository's local `url`), copied into the
+    /// slot at the same relative path. Checked at load: relative, no `..`.
+    pub copy_files: Vec<String>,
+    /// The first port of slot 1; slot `N` gets `port_base + (N - 1) * ports_per_slot`.
+    pub port_base: Option<u16>,
+    pub ports_per_slot: u16,
+}
+
+/// `setup_timeout` when the config gives none.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// `ports_per_slot` when the config gives none.
+pub const DEFAULT_PORTS_PER_SLOT: u16 = 10;
+
+impl Default for BootstrapConfig {
+    fn default() -> BootstrapConfig {
+        BootstrapConfig {
+            setup: Vec::new(),
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
+            copy_files: Vec::new(),
+            port_base: None,
+            ports_per_slot: DEFAULT_PORTS_PER_SLOT,
+        }
+    }
+}
+
+impl BootstrapConfig {
+    /// The first port of slot `number` (from 1), when the repository has a port range.
+    pub fn port_base_of(&self, number: u32) -> Option<u16> {
+        let base = u32::from(self.port_base?);
+        let offset = number.checked_sub(1)? * u32::from(self.ports_per_slot);
+        u16::try_from(base + offset).ok()
+    }
+}
+
+impl RepoConfig {
+    /// Where `copy_files` come from: the repository's `url` when it is a local directory
+    /// (a path, or a `file://` URL), the user's own working copy; `None` for a remote.
+    pub fn main_checkout(&self) -> Option<PathBuf> {
+        let path = match self.url.strip_prefix("file://") {
+            Some(path) => Path::new(path),
+            None if self.url.contains("://") => return None,
+            None => Path::new(&self.url),
+        };
+        path.is_absolute().then(|| path.to_path_buf())
+    }
 }
 
 /// A slot lent to a task.
@@ -100,6 +158,8 @@ pub struct Allocation {
     pub slot_path: PathBuf,
     pub repo_url: String,
     pub branch: String,
+    /// The first of the slot's ports, when its repository has a port range.
+    pub port_base: Option<u16>,
 }
 
 /// The uncommitted changes of a released slot, saved as a `git apply`-able binary diff.
@@ -242,11 +302,15 @@ impl SlotManager {
                 return Err(err);
             }
             log::info!("{}: allocated to {spec}/{task_id} on {branch}", slot.id);
+            let port_base = self
+                .configured(repo)
+                .and_then(|config| config.bootstrap.port_base_of(slot.number));
             return Ok(Some(Allocation {
                 slot_id: slot.id,
                 slot_path: slot.path,
                 repo_url: settings.url,
                 branch,
+                port_base,
             }));
         }
         Ok(None)
@@ -257,7 +321,7 @@ impl SlotManager {
     /// cleans it onto the base. The task branch and its commits stay. `None` when there was
     /// nothing uncommitted. On a git failure the slot goes to `error` and the error is returned.
     pub fn release(&self, slot_id: &str, patch_path: &Path) -> Result<Option<Patch>, SlotError> {
-        match self.release_held(slot_id, None, patch_path)? {
+        match self.release_held(slot_id, None, patch_path, None)? {
             Release::Released(patch) => Ok(patch),
             Release::NotHeld => Ok(None),
         }
@@ -265,12 +329,15 @@ impl SlotManager {
 
     /// [`SlotManager::release`] on behalf of `holder` (`spec/task_id`): a slot that is free
     /// already, or now allocated to another task (recovery freed it and it was lent again),
-    /// is left alone and reported as [`Release::NotHeld`].
+    /// is left alone and reported as [`Release::NotHeld`]. With `checkpoint`, the worktree is
+    /// first saved as a commit under that ref (see `checkpoint.rs`); a failure to do so is
+    /// only logged, since the patch still keeps the changes.
     pub fn release_held(
         &self,
         slot_id: &str,
         holder: Option<&str>,
         patch_path: &Path,
+        checkpoint: Option<&str>,
     ) -> Result<Release, SlotError> {
         let slot = self.slot(slot_id)?;
         let _lock = self.lock_slot(&slot)?;
@@ -294,7 +361,7 @@ impl SlotManager {
             }
         }
         let base = self.settings(&slot.repo)?.base_branch;
-        match self.reclaim(&slot, &mut file, &base, patch_path) {
+        match self.reclaim(&slot, &mut file, &base, patch_path, checkpoint) {
             Ok(patch) => {
                 log::info!("{}: released", slot.id);
                 Ok(Release::Released(patch))
@@ -375,6 +442,29 @@ impl SlotManager {
             });
         }
         Ok(pools)
+    }
+
+    /// Whether checkpoint `refname` of a task of `repo` still exists: `None` when it cannot
+    /// tell (no such pool, git failing). In a pool of worktrees the main clone holds every
+    /// ref; in a NecroCode pool of full clones each slot has its own, so any of them counts.
+    pub fn checkpoint_exists(&self, repo: &str, refname: &str) -> Option<bool> {
+        names::validate("repository name", repo).ok()?;
+        let main_clone = self.pool_dir(repo).join(MAIN_CLONE);
+        let dirs: Vec<PathBuf> = if main_clone.join(".git").exists() {
+            vec![main_clone]
+        } else {
+            let slots = self.read_slots(repo).ok()?;
+            slots.into_iter().map(|(slot, _)| slot.path).collect()
+        };
+        let mut answer = None;
+        for dir in dirs {
+            match checkpoint::exists(&dir, refname) {
+                Ok(true) => return Some(true),
+                Ok(false) => answer = Some(false),
+                Err(err) => log::debug!("cannot look for {refname}: {err}"),
+            }
+        }
+        answer
     }
 
     // ----- sync -----
@@ -604,6 +694,9 @@ impl SlotManager {
 
         // A NecroCode clone has never been told to hide slot.json.
         ensure_excluded(slot)?;
+        if let Some(config) = self.configured(&slot.repo) {
+            exclude_copied(slot, &config.bootstrap.copy_files)?;
+        }
         fetch_base(slot, &settings.base_branch);
         let start = start_point(&slot.path, &slot.repo, &settings.base_branch)?;
         let start_commit = rev(slot, &start)?.unwrap_or_default();
@@ -639,6 +732,7 @@ impl SlotManager {
         file: &mut SlotFile,
         base: &str,
         patch_path: &Path,
+        checkpoint: Option<&str>,
     ) -> Result<Option<Patch>, SlotError> {
         check_checkout(slot)?;
         // A NecroCode slot recovered before we ever allocated it may still show slot.json.
@@ -646,7 +740,7 @@ impl SlotManager {
         let patch = if file.state == SlotState::Cleaning {
             None
         } else {
-            save_patch(slot, patch_path)?
+            save_patch(slot, patch_path, checkpoint)?
         };
         file.state = SlotState::Cleaning;
         write_slot(slot, file)?;
@@ -688,7 +782,7 @@ impl SlotManager {
             let was = file.state;
             let task = file.task();
             let patch_path = self.recovered_path(slot, ".patch");
-            let patch = self.reclaim(slot, file, base, &patch_path)?;
+            let patch = self.reclaim(slot, file, base, &patch_path, None)?;
             let mut line = format!("{}: {} slot cleaned and available", slot.id, was.as_str());
             if let Some(task) = task {
                 line.push_str(&format!(" (task {task})"));
@@ -1016,6 +1110,42 @@ fn check_checkout(slot: &Slot) -> Result<(), SlotError> {
 /// Adds `/slot.json` to the repository's `info/exclude` (shared by all worktrees of a main
 /// clone), so that `git status` and `git add -A` never see it.
 fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
+    let patterns = [SLOT_FILE_PATTERN.to_owned(), SLOT_TEMP_PATTERN.to_owned()];
+    exclude(slot, "dispatcher slot state", &patterns)
+}
+
+/// Hides the repository's `copy_files` the same way: they are the slot's environment (often
+/// secrets, like `.env`), not an agent's work, so they must not land in patches or
+/// checkpoints. A file the repository tracks is not affected.
+fn exclude_copied(slot: &Slot, copy_files: &[String]) -> Result<(), SlotError> {
+    let patterns: Vec<String> = copy_files
+        .iter()
+        .map(|path| exclude_pattern(path))
+        .collect();
+    exclude(slot, "dispatcher copy_files", &patterns)
+}
+
+/// `path` as an ignore pattern that matches only itself: anchored by its leading `/` (which
+/// also keeps a `!` or `#` from meaning negation or a comment), glob characters escaped.
+fn exclude_pattern(path: &str) -> String {
+    let mut pattern = String::from("/");
+    for c in path.trim_start_matches("./").chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    if pattern.ends_with(' ') {
+        pattern.insert(pattern.len() - 1, '\\');
+    }
+    pattern
+}
+
+/// Appends to the repository's `info/exclude` each of `patterns` it lacks, under `# header`.
+fn exclude(slot: &Slot, header: &str, patterns: &[String]) -> Result<(), SlotError> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
     let text = slot
         .git()
         .args(["rev-parse", "--git-path", "info/exclude"])
@@ -1027,7 +1157,11 @@ fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
         Err(err) => return Err(SlotError::io("read", &path, err)),
     };
-    if current.lines().any(|line| line.trim() == SLOT_FILE_PATTERN) {
+    let missing: Vec<&String> = patterns
+        .iter()
+        .filter(|pattern| !current.lines().any(|line| line == pattern.as_str()))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
@@ -1038,18 +1172,18 @@ fn ensure_excluded(slot: &Slot) -> Result<(), SlotError> {
     } else {
         "\n"
     };
+    let mut lines = format!("{separator}# {header}\n");
+    for pattern in missing {
+        lines.push_str(pattern);
+        lines.push('\n');
+    }
     // Append mode: two slots of one main clone may add the line at once; a duplicate line
     // is harmless, a lost write would not be.
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut out| {
-            let lines = format!(
-                "{separator}# dispatcher slot state\n{SLOT_FILE_PATTERN}\n{SLOT_TEMP_PATTERN}\n"
-            );
-            out.write_all(lines.as_bytes())
-        })
+        .and_then(|mut out| out.write_all(lines.as_bytes()))
         .map_err(|e| SlotError::io("write", &path, e))
 }
 
@@ -1119,8 +1253,12 @@ fn rev(slot: &Slot, name: &str) -> Result<Option<String>, SlotError> {
 /// Saves what `git add -A` would stage (so ignored files, `slot.json` among them, are left
 /// out) as a binary diff against HEAD. The staging happens in a copy of the index, so the slot's own
 /// index is never touched; the copy keeps the cached stat data, so unchanged files are not
-/// hashed again.
-fn save_patch(slot: &Slot, patch_path: &Path) -> Result<Option<Patch>, SlotError> {
+/// hashed again. With `checkpoint`, the same staging is also committed under that ref.
+fn save_patch(
+    slot: &Slot,
+    patch_path: &Path,
+    checkpoint: Option<&str>,
+) -> Result<Option<Patch>, SlotError> {
     let to_path = |text: String| slot.path.join(text);
     let index = slot
         .git()
@@ -1147,6 +1285,12 @@ fn save_patch(slot: &Slot, patch_path: &Path) -> Result<Option<Patch>, SlotError
         .timeout(WORKTREE_TIMEOUT)
         .run()
         .and_then(|()| {
+            if let Some(refname) = checkpoint {
+                match checkpoint::commit(&slot.path, &temp_index, refname) {
+                    Ok(commit) => log::info!("{}: checkpoint {refname} at {commit}", slot.id),
+                    Err(err) => log::warn!("{}: no checkpoint {refname}: {err}", slot.id),
+                }
+            }
             slot.git()
                 .env_path("GIT_INDEX_FILE", &temp_index)
                 .args([

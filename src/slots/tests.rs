@@ -60,6 +60,7 @@ impl Fixture {
                 slots,
                 base_branch: "main".to_owned(),
                 branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+                bootstrap: BootstrapConfig::default(),
             }],
         })
     }
@@ -401,6 +402,109 @@ fn release_saves_a_patch_and_leaves_a_pristine_checkout() {
 }
 
 #[test]
+fn a_checkpoint_saves_the_worktree_without_moving_index_or_head() {
+    let fx = Fixture::new();
+    let manager = fx.manager(2);
+    let alloc = manager.allocate("app", "spec", "7").unwrap().unwrap();
+    let path = &alloc.slot_path;
+    fs::write(path.join("done.txt"), "committed\n").unwrap();
+    git(path, &["add", "done.txt"]);
+    git(path, &["commit", "--quiet", "-m", "agent work"]);
+    let head = git(path, &["rev-parse", "HEAD"]);
+    fs::write(path.join("README.md"), "hello\nchanged\n").unwrap();
+    git(path, &["add", "README.md"]);
+    fs::create_dir_all(path.join("src")).unwrap();
+    fs::write(path.join("src/new.txt"), "untracked\n").unwrap();
+    fs::create_dir_all(path.join("target")).unwrap();
+    fs::write(path.join("target/build.o"), "ignored\n").unwrap();
+    let status_before = porcelain(path);
+
+    let refname = checkpoint_ref("spec", "7", 1, 1);
+    let slot = manager.slot(&alloc.slot_id).unwrap();
+    save_patch(&slot, &fx.tmp.path().join("p.patch"), Some(&refname)).unwrap();
+    // The slot's own state is untouched: same HEAD, same staged and unstaged changes.
+    assert_eq!(git(path, &["rev-parse", "HEAD"]), head);
+    assert_eq!(porcelain(path), status_before);
+    assert_eq!(git(path, &["diff", "--cached", "--name-only"]), "README.md");
+
+    // The checkpoint sits on HEAD and holds every change but ignored files and slot.json.
+    assert_eq!(git(path, &["rev-parse", &format!("{refname}^")]), head);
+    let files = git(path, &["ls-tree", "-r", "--name-only", &refname]);
+    let files: Vec<&str> = files.lines().collect();
+    assert_eq!(
+        files,
+        [".gitignore", "README.md", "done.txt", "src/new.txt"],
+        "{files:?}"
+    );
+    assert_eq!(
+        git(path, &["show", &format!("{refname}:README.md")]),
+        "hello\nchanged"
+    );
+    // Refs live in the main clone: another slot of the pool sees it.
+    let other = fx.slot_path(2);
+    assert_eq!(
+        git(&other, &["show", &format!("{refname}:src/new.txt")]),
+        "untracked"
+    );
+    assert_eq!(manager.checkpoint_exists("app", &refname), Some(true));
+    let missing = checkpoint_ref("spec", "7", 9, 1);
+    assert_eq!(manager.checkpoint_exists("app", &missing), Some(false));
+    assert_eq!(manager.checkpoint_exists("nope", &refname), None);
+
+    // Through a release: saved, then cleaned as ever.
+    let second = checkpoint_ref("spec", "7", 1, 2);
+    let released = manager
+        .release_held(
+            &alloc.slot_id,
+            Some("spec/7"),
+            &fx.tmp.path().join("r.patch"),
+            Some(&second),
+        )
+        .unwrap();
+    assert!(matches!(released, Release::Released(Some(_))));
+    assert_eq!(porcelain(path), "");
+    assert_eq!(
+        git(&other, &["show", &format!("{second}:src/new.txt")]),
+        "untracked"
+    );
+}
+
+#[test]
+fn copy_files_are_hidden_from_git_in_every_slot() {
+    let fx = Fixture::new();
+    let mut settings = RepoPoolSettings {
+        dir: fx.workspaces(),
+        repos: vec![RepoConfig {
+            name: "app".to_owned(),
+            url: fx.origin.to_string_lossy().into_owned(),
+            slots: 1,
+            base_branch: "main".to_owned(),
+            branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+            bootstrap: BootstrapConfig::default(),
+        }],
+    };
+    settings.repos[0].bootstrap.copy_files = vec![".env".into(), "conf/local[1].json".into()];
+    let manager = SlotManager::new(&settings);
+    let alloc = manager.allocate("app", "spec", "7").unwrap().unwrap();
+    let path = &alloc.slot_path;
+    fs::write(path.join(".env"), "SECRET=1\n").unwrap();
+    fs::create_dir_all(path.join("conf")).unwrap();
+    fs::write(path.join("conf/local[1].json"), "{}\n").unwrap();
+    fs::write(path.join("conf/local1.json"), "{}\n").unwrap();
+    // Only the named files are hidden: the pattern's brackets are not a glob.
+    assert_eq!(porcelain(path), "?? conf/local1.json");
+}
+
+#[test]
+fn exclude_patterns_match_only_the_file() {
+    assert_eq!(exclude_pattern(".env"), "/.env");
+    assert_eq!(exclude_pattern("./a/b.txt"), "/a/b.txt");
+    assert_eq!(exclude_pattern("x*?[y]\\z"), "/x\\*\\?\\[y]\\\\z");
+    assert_eq!(exclude_pattern("!keep"), "/!keep");
+    assert_eq!(exclude_pattern("trailing "), "/trailing\\ ");
+}
+
+#[test]
 fn broken_slot_goes_to_error_and_is_skipped_then_repaired_by_sync() {
     // The workspaces live inside another repository, as they would under a project's config
     // dir: a slot without its .git must never make git act on the enclosing repository.
@@ -650,6 +754,7 @@ fn necrocode_pool_grows_by_clones() {
             slots: 3,
             base_branch: "main".to_owned(),
             branch_pattern: DEFAULT_BRANCH_PATTERN.to_owned(),
+            bootstrap: BootstrapConfig::default(),
         }],
     });
     let lines = manager.sync().unwrap();
