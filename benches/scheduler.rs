@@ -42,6 +42,7 @@ fn main() {
                 repo: None,
                 direct: true,
                 resources: None,
+                footprint: None,
             });
         }
         queue
@@ -96,6 +97,7 @@ fn main() {
             repo: None,
             direct: true,
             resources: None,
+            footprint: None,
         });
     });
     report(
@@ -127,6 +129,7 @@ fn plan(queue: &Queue, loads: &mut [PoolLoad], global_free: usize) -> usize {
             spec_running: &mut HashMap::new(),
             weights: &std::collections::BTreeMap::new(),
             starving_before: None,
+            held: &mut HashMap::new(),
         },
     );
     plan.assignments.len()
