@@ -42,6 +42,13 @@ pub struct StatusReport {
     /// Runnable tasks waiting for a free workspace slot of their repository.
     #[serde(default)]
     pub waiting_for_slot: Vec<SlotWaitStatus>,
+    /// Runnable tasks waiting because their footprint (`metadata.touches`) overlaps that of
+    /// a running task of the same repository.
+    #[serde(default)]
+    pub waiting_for_footprint: Vec<FootprintWaitStatus>,
+    /// Tasks whose `metadata.touches` is malformed: scheduled as if they had none.
+    #[serde(default)]
+    pub footprint_errors: Vec<FootprintErrorStatus>,
     /// The last slot failure per repository (the slot is in `error` until `slots sync`).
     #[serde(default)]
     pub slot_errors: Vec<SlotErrorStatus>,
@@ -59,6 +66,33 @@ pub struct SlotWaitStatus {
     pub spec: String,
     pub task_id: String,
     pub repo: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintWaitStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub repo: String,
+    pub conflicts_with: FootprintHolder,
+    /// The waiting task's patterns that overlap the other's.
+    pub paths: Vec<String>,
+}
+
+/// The running (or starting) task a footprint wait is for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintHolder {
+    pub spec: String,
+    pub task_id: String,
+    /// Its patterns that overlap the waiting task's.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintErrorStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -475,6 +509,33 @@ impl StatusReport {
                 &["TASK", "REPOSITORY"],
                 rows,
             );
+        }
+        if !self.waiting_for_footprint.is_empty() {
+            let rows = self.waiting_for_footprint.iter().map(|w| {
+                vec![
+                    format!("{}/{}", w.spec, w.task_id),
+                    w.repo.clone(),
+                    format!("{}/{}", w.conflicts_with.spec, w.conflicts_with.task_id),
+                    format!(
+                        "{} vs {}",
+                        w.paths.join(", "),
+                        w.conflicts_with.paths.join(", ")
+                    ),
+                ]
+            });
+            section(
+                &mut out,
+                "WAITING FOR A FOOTPRINT",
+                &["TASK", "REPOSITORY", "WAITS FOR", "PATHS"],
+                rows,
+            );
+        }
+        if !self.footprint_errors.is_empty() {
+            let rows = self
+                .footprint_errors
+                .iter()
+                .map(|e| vec![format!("{}/{}", e.spec, e.task_id), e.error.clone()]);
+            section(&mut out, "FOOTPRINTS IGNORED", &["TASK", "ERROR"], rows);
         }
         if !self.slot_errors.is_empty() {
             let rows = self

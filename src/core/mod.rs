@@ -14,10 +14,12 @@
 //!
 //! Submodules: `placement` keeps the queue, retry timers and "no pool" list in step with the
 //! registry; `commit` does the batched writes and launches; `recovery` adopts or finishes
-//! runners left by an earlier dispatcher; `report` builds the status report.
+//! runners left by an earlier dispatcher; `report` builds the status report; `footprints`
+//! keeps tasks that touch the same paths apart.
 
 mod commit;
 mod deadlocks;
+mod footprints;
 mod placement;
 mod recovery;
 mod reload;
@@ -199,6 +201,8 @@ struct Running {
     last_heartbeat: Option<String>,
     /// The engine's id of its job, for an engine pool's runner.
     engine_id: Option<String>,
+    /// The paths its task declared it touches: queued tasks that overlap them wait.
+    footprint: Option<Arc<scheduler::Footprint>>,
 }
 
 /// An attempt that ended and still has to be written to the registry.
@@ -279,6 +283,11 @@ pub struct Core {
     retry: RetryWait,
     unroutable: BTreeMap<TaskKey, Option<String>>,
     unroutable_logged: BTreeSet<TaskKey>,
+    /// Tasks whose `metadata.touches` is malformed, with why (logged once, in `status`).
+    footprint_errors: BTreeMap<TaskKey, String>,
+    /// Tasks waiting for an overlapping footprint, with the task they wait for: logged once
+    /// per wait, forgotten when they leave the queue.
+    footprint_logged: HashMap<TaskKey, TaskKey>,
     /// Tasks this dispatcher has claimed and not yet written back, with their runner id.
     claimed: HashMap<TaskKey, String>,
     running: HashMap<String, Running>,
@@ -360,6 +369,8 @@ impl Core {
             retry: RetryWait::default(),
             unroutable: BTreeMap::new(),
             unroutable_logged: BTreeSet::new(),
+            footprint_errors: BTreeMap::new(),
+            footprint_logged: HashMap::new(),
             claimed: HashMap::new(),
             running: HashMap::new(),
             pending: Vec::new(),

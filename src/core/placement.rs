@@ -168,6 +168,9 @@ impl Core {
         findings: &mut Findings,
     ) {
         let key = TaskKey::new(spec, &task.id);
+        // Parsed for every placed task, so a malformed `touches` is reported before the
+        // task is ready, and its report goes away when it is fixed or the task ends.
+        let footprint = self.footprint_of(&key, task);
         match task.state {
             TaskState::Ready => {}
             TaskState::Blocked => {
@@ -225,6 +228,7 @@ impl Core {
                 repo,
                 direct,
                 resources: Request::of_task(task),
+                footprint,
             });
         }
     }

@@ -94,6 +94,7 @@ impl Core {
             .as_deref()
             .and_then(|name| self.config.agent_pools.get(name));
         let resources = crate::scheduler::task_resources(task, pool_config);
+        let footprint = self.footprint_of(key, task);
         let mut run = Running {
             slot,
             resources,
@@ -111,6 +112,7 @@ impl Core {
             log_path: self.state.attempt_log(&key.spec, &key.id, meta.attempts),
             last_heartbeat: None,
             engine_id: None,
+            footprint,
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {
