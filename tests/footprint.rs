@@ -78,7 +78,7 @@ impl Setup {
     }
 }
 
-fn task(id: &str, priority: i64, metadata: Value) -> Value {
+fn task(id: &str, priority: i64, metadata: &Value) -> Value {
     json!({"id": id, "priority": priority, "metadata": metadata})
 }
 
@@ -103,14 +103,14 @@ fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_
             task(
                 "A",
                 9,
-                json!({"repo_name": "app", "touches": ["src/auth/**"]}),
+                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
             ),
             task(
                 "B",
                 8,
-                json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
+                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
             ),
-            task("C", 7, json!({"repo_name": "app", "touches": ["docs/**"]})),
+            task("C", 7, &json!({"repo_name": "app", "touches": ["docs/**"]})),
         ],
     );
     let mut run = env.spawn_run(&["--until-idle"]);
@@ -155,12 +155,12 @@ fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
             task(
                 "A",
                 9,
-                json!({"repo_name": "app", "touches": ["src/auth/**", "README.md"]}),
+                &json!({"repo_name": "app", "touches": ["src/auth/**", "README.md"]}),
             ),
             task(
                 "B",
                 8,
-                json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
+                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
             ),
         ],
     );
@@ -225,8 +225,8 @@ fn different_repositories_never_conflict() {
     env.taskset(
         "s",
         &[
-            task("one", 9, json!({"repo_name": "one", "touches": ["**"]})),
-            task("two", 8, json!({"repo_name": "two", "touches": ["**"]})),
+            task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
+            task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
         ],
     );
     // A second spec, same repository as "one": specs do not matter, repositories do.
@@ -235,7 +235,7 @@ fn different_repositories_never_conflict() {
         &[task(
             "same",
             7,
-            json!({"repo_name": "one", "touches": ["src/x.rs"]}),
+            &json!({"repo_name": "one", "touches": ["src/x.rs"]}),
         )],
     );
     let mut run = env.spawn_run(&["--until-idle"]);
@@ -266,9 +266,9 @@ fn tasks_without_touches_or_without_a_repository_are_unaffected() {
     env.taskset(
         "s",
         &[
-            task("all", 9, json!({"repo_name": "app", "touches": ["**"]})),
-            task("untouched", 8, json!({"repo_name": "app"})),
-            task("nowhere", 7, json!({"touches": ["**"]})),
+            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
+            task("untouched", 8, &json!({"repo_name": "app"})),
+            task("nowhere", 7, &json!({"touches": ["**"]})),
         ],
     );
     let mut run = env.spawn_run(&["--until-idle"]);
@@ -292,16 +292,16 @@ fn malformed_touches_are_reported_once_and_ignored() {
     env.taskset(
         "s",
         &[
-            task("all", 9, json!({"repo_name": "app", "touches": ["**"]})),
+            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
             task(
                 "absolute",
                 8,
-                json!({"repo_name": "app", "touches": ["/etc/**"]}),
+                &json!({"repo_name": "app", "touches": ["/etc/**"]}),
             ),
             task(
                 "string",
                 7,
-                json!({"repo_name": "app", "touches": "src/**"}),
+                &json!({"repo_name": "app", "touches": "src/**"}),
             ),
         ],
     );
