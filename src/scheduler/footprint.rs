@@ -182,9 +182,14 @@ fn parse_pattern(index: usize, text: &str) -> Result<Pattern, FootprintError> {
 fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
     let (a, b) = (&*a.segments, &*b.segments);
     // Memo of the (i, j) suffix pairs already found disjoint: with `**` on both sides the
-    // plain recursion revisits them exponentially often.
-    let mut seen = vec![false; (a.len() + 1) * (b.len() + 1)];
-    suffixes_overlap(a, b, 0, 0, &mut seen)
+    // plain recursion revisits them exponentially often. Usual patterns fit on the stack:
+    // the planner asks this for every offer of a task with a footprint.
+    let cells = (a.len() + 1) * (b.len() + 1);
+    if cells <= 64 {
+        suffixes_overlap(a, b, 0, 0, &mut [false; 64][..cells])
+    } else {
+        suffixes_overlap(a, b, 0, 0, &mut vec![false; cells])
+    }
 }
 
 fn suffixes_overlap(a: &[Segment], b: &[Segment], i: usize, j: usize, seen: &mut [bool]) -> bool {

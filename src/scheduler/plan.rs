@@ -159,16 +159,6 @@ impl Planner<'_> {
                 return false;
             }
         }
-        // Checked per offer against the few held footprints of its repository; a task
-        // without a footprint pays one branch.
-        if let Some(footprint) = &needs.footprint {
-            if let Some((holder, _)) = footprint_conflict(self.input.held, key, footprint) {
-                self.plan
-                    .footprint_waits
-                    .push((key.clone(), holder.clone()));
-                return false;
-            }
-        }
         let loads = &*self.input.loads;
         let request = |pool: usize| {
             let default = loads[pool].default_resources;
@@ -197,6 +187,17 @@ impl Planner<'_> {
         let Some(pool) = best else {
             return false;
         };
+        // Last, so only a task that could start now pays for it (against the few held
+        // footprints of its repository), and a wait reported is a wait for the footprint
+        // alone. A task without a footprint pays one branch.
+        if let Some(footprint) = &needs.footprint {
+            if let Some((holder, _)) = footprint_conflict(self.input.held, key, footprint) {
+                self.plan
+                    .footprint_waits
+                    .push((key.clone(), holder.clone()));
+                return false;
+            }
+        }
         let request = request(pool);
         if let Some(free) = needs
             .repo
