@@ -666,6 +666,48 @@ mod tests {
             "unroutable": [], "blocked_forever": [], "tasksets": []}"#;
         let report: StatusReport = serde_json::from_str(old).unwrap();
         assert!(report.deadlocks.is_empty());
+        assert!(report.waiting_for_footprint.is_empty());
+        assert!(report.footprint_errors.is_empty());
+    }
+
+    #[test]
+    fn footprint_waits_are_listed_in_json_and_in_their_own_section() {
+        let report = StatusReport {
+            waiting_for_footprint: vec![FootprintWaitStatus {
+                spec: "s".into(),
+                task_id: "B".into(),
+                repo: "app".into(),
+                conflicts_with: FootprintHolder {
+                    spec: "s".into(),
+                    task_id: "A".into(),
+                    paths: vec!["src/auth/**".into()],
+                },
+                paths: vec!["src/auth/login.rs".into()],
+            }],
+            ..StatusReport::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["waiting_for_footprint"],
+            serde_json::json!([{"spec": "s", "task_id": "B", "repo": "app",
+                                "conflicts_with": {"spec": "s", "task_id": "A",
+                                                   "paths": ["src/auth/**"]},
+                                "paths": ["src/auth/login.rs"]}])
+        );
+        let text = report.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "WAITING FOR A FOOTPRINT")
+            .take(3)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "WAITING FOR A FOOTPRINT",
+                "  TASK  REPOSITORY  WAITS FOR  PATHS",
+                "  s/B   app         s/A        src/auth/login.rs vs src/auth/**",
+            ]
+        );
     }
 
     #[test]
