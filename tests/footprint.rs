@@ -336,3 +336,99 @@ fn malformed_touches_are_reported_once_and_ignored() {
         "logged once:\n{log}"
     );
 }
+
+/// Runs git in `dir`; panics with its stderr unless it succeeds.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Footprint Test",
+            "-c",
+            "user.email=fp@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_footprint_is_learned_from_the_patch_of_an_earlier_attempt() {
+    let env = Env::new();
+    let origin = env.path().join("app-origin");
+    fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+    fs::write(origin.join("README.md"), "app\n").unwrap();
+    git(&origin, &["add", "--all"]);
+    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    let ledger_path = env.path().join("ledger");
+    let out = env.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let vars = [
+        ("LEDGER", ledger_path.display().to_string()),
+        ("OUT_DIR", out.display().to_string()),
+        ("FAIL_FIRST", "L".to_string()),
+        ("TOUCH", "src/auth/login.rs".to_string()),
+    ];
+    env.config(
+        "learn_footprints = true",
+        &format!(
+            "[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n{}{}\
+             [repo_pool]\ndir = \"workspaces\"\n\n[[repo_pool.repos]]\nname = \"app\"\n\
+             url = {}\nslots = 2\nbase_branch = \"main\"\n",
+            pool("work", 2, &cmd("learn.sh", &["{task_id}"]), &vars, ""),
+            default_to("work"),
+            toml_str(&origin.display().to_string()),
+        ),
+    );
+    // L declares nothing; its first attempt changes src/auth/login.rs and fails. A touches
+    // src/auth/** and holds its slot until the test lets it go.
+    env.taskset(
+        "s",
+        &[
+            task("L", 9, &json!({"repo_name": "app"})),
+            task(
+                "A",
+                8,
+                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
+            ),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    let started = |task: &str| {
+        ledger(&ledger_path)
+            .iter()
+            .any(|m| m.start && m.task == task)
+    };
+    wait_for("A to run", || started("A"));
+    // L's retry now has the footprint its first patch names, which overlaps A's.
+    wait_for("L to wait for A, or to start", || {
+        started("L")
+            || waiting_for_footprint(&env).iter().any(|w| {
+                w["task_id"] == "L"
+                    && w["conflicts_with"]["task_id"] == "A"
+                    && w["paths"] == json!(["src/auth/login.rs"])
+            })
+    });
+    assert!(!started("L"), "L ran beside A: {:?}", ledger(&ledger_path));
+    let artifacts = env.task("s", "L")["artifacts"].clone();
+    assert_eq!(
+        artifacts[0]["metadata"]["paths"],
+        json!(["src/auth/login.rs"]),
+        "{artifacts}"
+    );
+
+    fs::write(out.join("gate-A"), "").unwrap();
+    fs::write(out.join("gate-L"), "").unwrap();
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    let marks = ledger(&ledger_path);
+    let end_a = marks.iter().find(|m| !m.start && m.task == "A").unwrap().ns;
+    let start_l = marks.iter().find(|m| m.start && m.task == "L").unwrap().ns;
+    assert!(end_a < start_l, "{marks:?}");
+}

@@ -318,6 +318,9 @@ impl Core {
                     for (pick, slot) in picks {
                         self.give_back(&pick, slot);
                     }
+                    for (key, _) in &artifacts {
+                        self.awaiting_patch.remove(key);
+                    }
                     return;
                 }
                 Err(err) => {
@@ -435,6 +438,13 @@ impl Core {
         self.events.append(&events);
         let taskset = Arc::new(taskset);
         changed.extend(refused);
+        // A task held back until its patch was recorded is placed again, with the footprint
+        // it learned from it.
+        for (key, _) in &artifacts {
+            if self.awaiting_patch.remove(key) {
+                changed.push(key.id.to_string());
+            }
+        }
         if reused && known_version == Some(read_version) {
             self.refresh_tasks(spec, &taskset, &changed);
             if written_fingerprint.is_some() {

@@ -14,14 +14,19 @@ use crate::status::{FootprintErrorStatus, FootprintHolder, FootprintWaitStatus};
 
 impl Core {
     /// The footprint a task declares. A malformed `touches` is logged once (again only if
-    /// the mistake changes), kept for `status`, and counts as no footprint.
+    /// the mistake changes), kept for `status`, and counts as no footprint. Without
+    /// `touches`, and with `learn_footprints`, the files its earlier attempts changed.
     pub(super) fn footprint_of(&mut self, key: &TaskKey, task: &Task) -> Option<Arc<Footprint>> {
         let finished = matches!(task.state, TaskState::Done | TaskState::Failed);
         if finished || !task.metadata.contains_key("touches") {
             if !self.footprint_errors.is_empty() {
                 self.footprint_errors.remove(key);
             }
-            return None;
+            let learn = !finished && self.config.dispatcher.learn_footprints;
+            return learn
+                .then(|| Footprint::learned(&task.metadata, &task.artifacts))
+                .flatten()
+                .map(Arc::new);
         }
         match Footprint::of_task(&task.metadata) {
             Ok(footprint) => {

@@ -288,6 +288,9 @@ pub struct Core {
     /// Tasks waiting for an overlapping footprint, with the task they wait for: logged once
     /// per wait, forgotten when they leave the queue.
     footprint_logged: HashMap<TaskKey, TaskKey>,
+    /// With `learn_footprints`: tasks whose last patch is saved but not yet recorded in the
+    /// registry. They wait, so that their next attempt is placed with what it taught.
+    awaiting_patch: HashSet<TaskKey>,
     /// Tasks this dispatcher has claimed and not yet written back, with their runner id.
     claimed: HashMap<TaskKey, String>,
     running: HashMap<String, Running>,
@@ -371,6 +374,7 @@ impl Core {
             unroutable_logged: BTreeSet::new(),
             footprint_errors: BTreeMap::new(),
             footprint_logged: HashMap::new(),
+            awaiting_patch: HashSet::new(),
             claimed: HashMap::new(),
             running: HashMap::new(),
             pending: Vec::new(),

@@ -198,7 +198,8 @@ impl Core {
         }
         let reserved = self.claimed.contains_key(&key)
             || self.allocating.contains_key(&key)
-            || self.allocated.iter().any(|(pick, _)| pick.key == key);
+            || self.allocated.iter().any(|(pick, _)| pick.key == key)
+            || self.awaiting_patch.contains(&key);
         if reserved || !view::dependencies_done(taskset, task) {
             return;
         }

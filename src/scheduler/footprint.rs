@@ -80,6 +80,30 @@ impl Footprint {
         }))
     }
 
+    /// The footprint learned from a task's earlier attempts: the files their patches changed
+    /// (the `paths` of its `diff` artifacts), each taken as a pattern. `None` when none is
+    /// known. A name git reports that is not a usable pattern is left out.
+    pub fn learned(
+        metadata: &serde_json::Map<String, serde_json::Value>,
+        artifacts: &[serde_json::Value],
+    ) -> Option<Footprint> {
+        let repo = metadata.get("repo_name")?.as_str()?;
+        let mut patterns: Vec<Pattern> = artifacts
+            .iter()
+            .filter(|a| a.get("type").and_then(|t| t.as_str()) == Some("diff"))
+            .filter_map(|a| a.get("metadata")?.get("paths")?.as_array())
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .filter_map(|path| parse_pattern(0, path).ok())
+            .collect();
+        patterns.sort_by(|a, b| a.text.cmp(&b.text));
+        patterns.dedup_by(|a, b| a.text == b.text);
+        (!patterns.is_empty()).then(|| Footprint {
+            repo: Arc::from(repo),
+            patterns: patterns.into(),
+        })
+    }
+
     /// A footprint from patterns already known to be valid (tests and benchmarks).
     pub fn new(repo: &str, patterns: &[&str]) -> Result<Footprint, FootprintError> {
         let list = serde_json::Value::from(patterns.to_vec());
@@ -412,6 +436,37 @@ mod tests {
         assert!(
             !empty.overlaps(&Footprint::new("r", &["**"]).unwrap()),
             "touches nothing"
+        );
+    }
+
+    #[test]
+    fn a_footprint_is_learned_from_the_paths_of_earlier_patches() {
+        let meta = serde_json::json!({"repo_name": "r"});
+        let meta = meta.as_object().unwrap();
+        let artifacts = [
+            serde_json::json!({"type": "diff", "uri": "file:///p/attempt-1.patch",
+                               "metadata": {"paths": ["src/auth/login.rs", "Cargo.lock"]}}),
+            serde_json::json!({"type": "diff", "uri": "file:///p/attempt-2.patch",
+                               "metadata": {"paths": ["src/auth/login.rs", "/abs", 7]}}),
+            serde_json::json!({"type": "log", "metadata": {"paths": ["docs/x.md"]}}),
+            serde_json::json!({"type": "diff", "uri": "file:///old.patch", "metadata": {}}),
+        ];
+        let learned = Footprint::learned(meta, &artifacts).unwrap();
+        assert_eq!(
+            learned.paths().collect::<Vec<_>>(),
+            ["Cargo.lock", "src/auth/login.rs"]
+        );
+        assert!(learned.overlaps(&Footprint::new("r", &["src/auth/**"]).unwrap()));
+        assert!(!learned.overlaps(&Footprint::new("r", &["docs/**"]).unwrap()));
+        assert_eq!(
+            Footprint::learned(meta, &artifacts[2..]),
+            None,
+            "nothing to learn from"
+        );
+        let no_repo = serde_json::json!({});
+        assert_eq!(
+            Footprint::learned(no_repo.as_object().unwrap(), &artifacts),
+            None
         );
     }
 
