@@ -1,7 +1,8 @@
 //! W6, the scheduler's decision: `scheduler::plan` over a queue of 100,000 runnable tasks and
 //! 50 pools, in the common case (free capacity spread over the pools) and in the worst case
 //! (the only pool with room serves only the last tasks of the queue, so the planner walks
-//! the whole queue).
+//! the whole queue), and with footprints (`metadata.touches`) that hold most of the queue
+//! back, so the planner walks all of it checking footprints.
 //!
 //! `cargo bench --bench scheduler [-- --quick]`
 
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dispatcher::config::SchedulingPolicy;
-use dispatcher::scheduler::{self, PlanInput, PoolLoad, Queue, QueuedTask, TaskKey};
+use dispatcher::scheduler::{
+    self, Footprint, HeldFootprints, PlanInput, PoolLoad, Queue, QueuedTask, TaskKey,
+};
 
 use common::{report, time_n, Stats};
 
@@ -42,6 +45,7 @@ fn main() {
                 repo: None,
                 direct: true,
                 resources: None,
+                footprint: None,
             });
         }
         queue
@@ -84,6 +88,46 @@ fn main() {
         let picks = plan(&queue, &mut loads, pools);
         assert_eq!(picks, 1);
     });
+    // Footprints: the tasks fall into `classes` footprints (fewer than the free places) over
+    // five repositories; the first task of each class is placed, every later task whose
+    // pool has room overlaps a placed one, so the planner walks the whole queue.
+    let classes = pools * 3 / 4;
+    let footprints: Vec<Arc<Footprint>> = (0..classes)
+        .map(|k| {
+            let (dir, doc) = (format!("src/m{k}/**"), format!("docs/m{k}.md"));
+            let footprint = Footprint::new(&format!("repo-{}", k % 5), &[&dir, &doc]);
+            Arc::new(footprint.expect("valid footprint"))
+        })
+        .collect();
+    let mut touching = Queue::new(SchedulingPolicy::Priority);
+    for i in 0..tasks {
+        touching.insert(QueuedTask {
+            key: TaskKey::new(&format!("spec-{:03}", i % 100), &i.to_string()),
+            priority: 0,
+            ready_at: base + chrono::Duration::milliseconds(i64::try_from(i).unwrap_or(0)),
+            pools: routes[i % pools].clone(),
+            repo: None,
+            direct: true,
+            resources: None,
+            footprint: Some(footprints[i % classes].clone()),
+        });
+    }
+    let with_footprints = time_n(runs, || {
+        let mut loads = spread.clone();
+        let plan = scheduler::plan(
+            &touching,
+            PlanInput {
+                loads: &mut loads,
+                free_slots: &mut HashMap::new(),
+                global_free: pools,
+                spec_running: &mut HashMap::new(),
+                weights: &std::collections::BTreeMap::new(),
+                starving_before: None,
+                held: &mut HeldFootprints::new(),
+            },
+        );
+        assert_eq!(plan.assignments.len(), classes);
+    });
     // Re-queuing one task (what the core does for each claim or finish).
     let key = TaskKey::new("spec-007", "7");
     let requeue = time_n(runs, || {
@@ -96,6 +140,7 @@ fn main() {
             repo: None,
             direct: true,
             resources: None,
+            footprint: None,
         });
     });
     report(
@@ -107,6 +152,11 @@ fn main() {
         "w6.plan_worst",
         "plan: one pool with room, its tasks last",
         &worst,
+    );
+    report(
+        "w6.plan_footprints",
+        "plan: footprints hold back all but the first tasks",
+        &with_footprints,
     );
     report("w6.queue_requeue", "remove + insert one task", &requeue);
     report(
@@ -127,6 +177,7 @@ fn plan(queue: &Queue, loads: &mut [PoolLoad], global_free: usize) -> usize {
             spec_running: &mut HashMap::new(),
             weights: &std::collections::BTreeMap::new(),
             starving_before: None,
+            held: &mut HashMap::new(),
         },
     );
     plan.assignments.len()

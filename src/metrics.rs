@@ -110,6 +110,15 @@ pub fn render(report: &StatusReport) -> String {
         &[],
         report.waiting_for_slot.len() as f64,
     );
+    out.gauge(
+        "dispatcher_waiting_for_footprint",
+        "runnable tasks waiting because their footprint overlaps a running task's",
+    );
+    out.sample(
+        "dispatcher_waiting_for_footprint",
+        &[],
+        report.waiting_for_footprint.len() as f64,
+    );
 
     let pool_gauges: [(&str, &str); 12] = [
         (

@@ -42,6 +42,13 @@ pub struct StatusReport {
     /// Runnable tasks waiting for a free workspace slot of their repository.
     #[serde(default)]
     pub waiting_for_slot: Vec<SlotWaitStatus>,
+    /// Runnable tasks waiting because their footprint (`metadata.touches`) overlaps that of
+    /// a running task of the same repository.
+    #[serde(default)]
+    pub waiting_for_footprint: Vec<FootprintWaitStatus>,
+    /// Tasks whose `metadata.touches` is malformed: scheduled as if they had none.
+    #[serde(default)]
+    pub footprint_errors: Vec<FootprintErrorStatus>,
     /// The last slot failure per repository (the slot is in `error` until `slots sync`).
     #[serde(default)]
     pub slot_errors: Vec<SlotErrorStatus>,
@@ -81,6 +88,33 @@ pub struct SlotWaitStatus {
     pub spec: String,
     pub task_id: String,
     pub repo: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintWaitStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub repo: String,
+    pub conflicts_with: FootprintHolder,
+    /// The waiting task's patterns that overlap the other's.
+    pub paths: Vec<String>,
+}
+
+/// The running (or starting) task a footprint wait is for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintHolder {
+    pub spec: String,
+    pub task_id: String,
+    /// Its patterns that overlap the waiting task's.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FootprintErrorStatus {
+    pub spec: String,
+    pub task_id: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -579,6 +613,33 @@ impl StatusReport {
                 .map(|w| vec![format!("{}/{}", w.spec, w.task_id), w.reason.clone()]);
             section(&mut out, "WAITING FOR BUDGET", &["TASK", "WHY"], rows);
         }
+        if !self.waiting_for_footprint.is_empty() {
+            let rows = self.waiting_for_footprint.iter().map(|w| {
+                vec![
+                    format!("{}/{}", w.spec, w.task_id),
+                    w.repo.clone(),
+                    format!("{}/{}", w.conflicts_with.spec, w.conflicts_with.task_id),
+                    format!(
+                        "{} vs {}",
+                        w.paths.join(", "),
+                        w.conflicts_with.paths.join(", ")
+                    ),
+                ]
+            });
+            section(
+                &mut out,
+                "WAITING FOR A FOOTPRINT",
+                &["TASK", "REPOSITORY", "WAITS FOR", "PATHS"],
+                rows,
+            );
+        }
+        if !self.footprint_errors.is_empty() {
+            let rows = self
+                .footprint_errors
+                .iter()
+                .map(|e| vec![format!("{}/{}", e.spec, e.task_id), e.error.clone()]);
+            section(&mut out, "FOOTPRINTS IGNORED", &["TASK", "ERROR"], rows);
+        }
         if !self.slot_errors.is_empty() {
             let rows = self
                 .slot_errors
@@ -708,6 +769,48 @@ mod tests {
             "unroutable": [], "blocked_forever": [], "tasksets": []}"#;
         let report: StatusReport = serde_json::from_str(old).unwrap();
         assert!(report.deadlocks.is_empty());
+        assert!(report.waiting_for_footprint.is_empty());
+        assert!(report.footprint_errors.is_empty());
+    }
+
+    #[test]
+    fn footprint_waits_are_listed_in_json_and_in_their_own_section() {
+        let report = StatusReport {
+            waiting_for_footprint: vec![FootprintWaitStatus {
+                spec: "s".into(),
+                task_id: "B".into(),
+                repo: "app".into(),
+                conflicts_with: FootprintHolder {
+                    spec: "s".into(),
+                    task_id: "A".into(),
+                    paths: vec!["src/auth/**".into()],
+                },
+                paths: vec!["src/auth/login.rs".into()],
+            }],
+            ..StatusReport::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["waiting_for_footprint"],
+            serde_json::json!([{"spec": "s", "task_id": "B", "repo": "app",
+                                "conflicts_with": {"spec": "s", "task_id": "A",
+                                                   "paths": ["src/auth/**"]},
+                                "paths": ["src/auth/login.rs"]}])
+        );
+        let text = report.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "WAITING FOR A FOOTPRINT")
+            .take(3)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "WAITING FOR A FOOTPRINT",
+                "  TASK  REPOSITORY  WAITS FOR  PATHS",
+                "  s/B   app         s/A        src/auth/login.rs vs src/auth/**",
+            ]
+        );
     }
 
     #[test]

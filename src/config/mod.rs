@@ -65,6 +65,9 @@ pub struct DispatcherSettings {
     pub max_log_bytes: Option<u64>,
     /// A task ready for longer than this is taken before any other; `None`: off.
     pub starvation_after: Option<Duration>,
+    /// A task without `metadata.touches` takes the files its earlier attempts changed (their
+    /// patches) as its footprint.
+    pub learn_footprints: bool,
 }
 
 /// The order in which ready tasks are started.
@@ -324,6 +327,7 @@ const DISPATCHER_KEYS: &[&str] = &[
     "state_dir",
     "max_log_bytes",
     "starvation_after",
+    "learn_footprints",
 ];
 const RETRY_KEYS: &[&str] = &[
     "max_attempts",
@@ -403,6 +407,7 @@ impl Config {
                 state_dir: base_dir.join(".dispatcher"),
                 max_log_bytes: Some(DEFAULT_MAX_LOG_BYTES),
                 starvation_after: None,
+                learn_footprints: false,
             },
             retry: RetrySettings {
                 max_attempts: 3,
@@ -830,6 +835,9 @@ fn decode_dispatcher(
     }
     if let Some(item) = table.get("starvation_after") {
         settings.starvation_after = Some(item.duration()?).filter(|d| !d.is_zero());
+    }
+    if let Some(item) = table.get("learn_footprints") {
+        settings.learn_footprints = item.bool()?;
     }
     Ok(())
 }
@@ -1939,6 +1947,14 @@ default = "backend"
         assert!(parse_byte_size("1TB").is_err());
         assert!(parse_byte_size("-1").is_err());
         assert!(parse_byte_size("99999999999999999999GB").is_err());
+    }
+
+    #[test]
+    fn learned_footprints_are_off_unless_asked_for() {
+        let config = parse_ok("[agent_pools.a]\ncommand = [\"x\"]\n");
+        assert!(!config.dispatcher.learn_footprints);
+        let config = parse_ok("[dispatcher]\nlearn_footprints = true\n");
+        assert!(config.dispatcher.learn_footprints);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(super) struct Pick {
     pub(super) resources: Resources,
     /// The repository whose slot it needs, if any (kept here: its taskset may go away).
     pub(super) repo: Option<Arc<str>>,
+    /// The paths it declared it touches, held from the pick on.
+    pub(super) footprint: Option<Arc<scheduler::Footprint>>,
 }
 
 #[derive(Default)]
@@ -166,6 +168,7 @@ impl Core {
         let starving_before = self.config.dispatcher.starvation_after.map(|after| {
             timefmt::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX)
         });
+        let mut held = self.held_footprints();
         let plan = scheduler::plan(
             &self.queue,
             PlanInput {
@@ -175,9 +178,13 @@ impl Core {
                 spec_running: &mut spec_running,
                 weights: &self.config.fair_share_weights,
                 starving_before,
+                held: &mut held,
             },
         );
         self.note_quota_blocks(&plan.quota_blocked);
+        if !plan.footprint_waits.is_empty() {
+            self.note_footprint_waits(plan.footprint_waits, &held);
+        }
         let mut picks = Vec::with_capacity(plan.assignments.len());
         for (key, pool) in plan.assignments {
             self.runner_seq += 1;
@@ -206,12 +213,16 @@ impl Core {
             }
             self.take_place(pool, resources);
             let repo = task.as_ref().and_then(|t| self.repo_of(t));
+            // Taken from the queue entry: parsed once, when the task was queued.
+            let footprint = self.queue.footprint_of(&key);
+            self.footprint_logged.remove(&key);
             let pick = Pick {
                 key,
                 pool,
                 runner_id,
                 resources,
                 repo: repo.clone(),
+                footprint,
             };
             match repo {
                 Some(repo) => self.allocate(pick, &repo),
@@ -319,6 +330,9 @@ impl Core {
                 }
                 for (pick, slot) in picks {
                     self.give_back(&pick, slot);
+                }
+                for (key, _) in &artifacts {
+                    self.awaiting_patch.remove(key);
                 }
                 return;
             }
@@ -437,6 +451,13 @@ impl Core {
         self.events.append(&events);
         let taskset = Arc::new(taskset);
         changed.extend(refused);
+        // A task held back until its patch was recorded is placed again, with the footprint
+        // it learned from it.
+        for (key, _) in &artifacts {
+            if self.awaiting_patch.remove(key) {
+                changed.push(key.id.to_string());
+            }
+        }
         if reused && known_version == Some(read_version) {
             self.refresh_tasks(spec, &taskset, &changed);
             if written_fingerprint.is_some() {
@@ -478,6 +499,7 @@ impl Core {
             runner_id,
             resources,
             repo,
+            footprint,
         } = pick;
         let pool_name = self.pools[pool].name.clone();
         let log_path = self.state.attempt_log(&key.spec, &key.id, attempt);
@@ -535,6 +557,7 @@ impl Core {
                 needs_attention: None,
                 stop_detail: None,
                 progress,
+                footprint,
             },
         );
         match &self.launcher {

@@ -14,12 +14,14 @@
 //!
 //! Submodules: `placement` keeps the queue, retry timers and "no pool" list in step with the
 //! registry; `commit` does the batched writes and launches; `recovery` adopts or finishes
-//! runners left by an earlier dispatcher; `report` builds the status report.
+//! runners left by an earlier dispatcher; `report` builds the status report; `footprints`
+//! keeps tasks that touch the same paths apart.
 
 mod breakers;
 mod budgets;
 mod commit;
 mod deadlocks;
+mod footprints;
 mod placement;
 mod recovery;
 mod reload;
@@ -228,6 +230,8 @@ struct Running {
     stop_detail: Option<String>,
     /// Its progress, for stall detection.
     progress: stalls::Progress,
+    /// The paths its task declared it touches: queued tasks that overlap them wait.
+    footprint: Option<Arc<scheduler::Footprint>>,
 }
 
 /// An attempt that ended and still has to be written to the registry.
@@ -320,6 +324,14 @@ pub struct Core {
     retry: RetryWait,
     unroutable: BTreeMap<TaskKey, Option<String>>,
     unroutable_logged: BTreeSet<TaskKey>,
+    /// Tasks whose `metadata.touches` is malformed, with why (logged once, in `status`).
+    footprint_errors: BTreeMap<TaskKey, String>,
+    /// Tasks waiting for an overlapping footprint, with the task they wait for: logged once
+    /// per wait, forgotten when they leave the queue.
+    footprint_logged: HashMap<TaskKey, TaskKey>,
+    /// With `learn_footprints`: tasks whose last patch is saved but not yet recorded in the
+    /// registry. They wait, so that their next attempt is placed with what it taught.
+    awaiting_patch: HashSet<TaskKey>,
     /// Tasks this dispatcher has claimed and not yet written back, with their runner id.
     claimed: HashMap<TaskKey, String>,
     running: HashMap<String, Running>,
@@ -406,6 +418,9 @@ impl Core {
             retry: RetryWait::default(),
             unroutable: BTreeMap::new(),
             unroutable_logged: BTreeSet::new(),
+            footprint_errors: BTreeMap::new(),
+            footprint_logged: HashMap::new(),
+            awaiting_patch: HashSet::new(),
             claimed: HashMap::new(),
             running: HashMap::new(),
             pending: Vec::new(),

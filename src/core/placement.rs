@@ -170,6 +170,9 @@ impl Core {
         findings: &mut Findings,
     ) {
         let key = TaskKey::new(spec, &task.id);
+        // Parsed for every placed task, so a malformed `touches` is reported before the
+        // task is ready, and its report goes away when it is fixed or the task ends.
+        let footprint = self.footprint_of(&key, task);
         match task.state {
             TaskState::Ready => {}
             TaskState::Blocked => {
@@ -197,7 +200,8 @@ impl Core {
         }
         let reserved = self.claimed.contains_key(&key)
             || self.allocating.contains_key(&key)
-            || self.allocated.iter().any(|(pick, _)| pick.key == key);
+            || self.allocated.iter().any(|(pick, _)| pick.key == key)
+            || self.awaiting_patch.contains(&key);
         if reserved || !view::dependencies_done(taskset, task) {
             return;
         }
@@ -231,6 +235,7 @@ impl Core {
                 repo,
                 direct,
                 resources: Request::of_task(task),
+                footprint,
             });
         }
     }

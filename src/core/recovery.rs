@@ -94,6 +94,7 @@ impl Core {
             .as_deref()
             .and_then(|name| self.config.agent_pools.get(name));
         let resources = crate::scheduler::task_resources(task, pool_config);
+        let footprint = self.footprint_of(key, task);
         let mut run = Running {
             slot,
             resources,
@@ -115,6 +116,7 @@ impl Core {
             needs_attention: None,
             stop_detail: None,
             progress: super::stalls::Progress::new(self.state.scratch_dir(&key.spec, &key.id)),
+            footprint,
         };
         self.claimed.insert(key.clone(), runner_id.clone());
         let dir = match crate::names::validate("runner id", &runner_id) {

@@ -11,6 +11,7 @@ use crate::timefmt;
 
 impl Core {
     pub(super) fn publish(&mut self, last: bool) {
+        self.forget_ended_footprint_waits();
         let due = match self.snapshot_written {
             None => true,
             Some(at) => {
@@ -188,6 +189,8 @@ impl Core {
                     repo: repo.to_string(),
                 })
                 .collect(),
+            waiting_for_footprint: self.footprint_wait_report(),
+            footprint_errors: self.footprint_error_report(),
             slot_errors: self
                 .slot_errors
                 .iter()

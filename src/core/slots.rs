@@ -290,12 +290,19 @@ impl Core {
                     Ok(Release::Released(patch)) => {
                         *self.free_slots.entry(Arc::from(repo.as_str())).or_insert(0) += 1;
                         if let Some(patch) = patch {
+                            if self.config.dispatcher.learn_footprints {
+                                // Until the patch is in the registry the task's footprint
+                                // is not known: take it out of line until then.
+                                self.queue.remove(&key);
+                                self.retry.remove(&key);
+                                self.awaiting_patch.insert(key.clone());
+                            }
                             let artifact = json!({
                                 "type": "diff",
                                 "uri": format!("file://{}", patch.path.display()),
                                 "size_bytes": patch.size_bytes,
                                 "created_at": timefmt::now_string(),
-                                "metadata": {"slot_id": slot_id},
+                                "metadata": {"slot_id": slot_id, "paths": patch.paths},
                             });
                             self.pending_artifacts.push((key, artifact));
                         }

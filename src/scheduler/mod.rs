@@ -2,8 +2,10 @@
 //! which task goes to which pool next ([`plan`]). Pure data structures, no I/O: the core owns
 //! and drives them.
 
+pub mod footprint;
 mod plan;
 
+pub use footprint::Footprint;
 pub use plan::{plan, Plan, PlanInput, PoolLoad};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -67,6 +69,8 @@ pub struct QueuedTask {
     pub direct: bool,
     /// Its own resource request; `None`, or a part it leaves out, takes each pool's default.
     pub resources: Option<Request>,
+    /// The paths it declares it touches (`metadata.touches`), parsed when it was queued.
+    pub footprint: Option<Arc<Footprint>>,
 }
 
 /// A task's own request (`metadata.resources`): a part it leaves out takes the default of
@@ -132,6 +136,22 @@ pub(crate) struct Needs {
     pub(crate) repo: Option<Arc<str>>,
     pub(crate) direct: bool,
     pub(crate) resources: Option<Request>,
+    pub(crate) footprint: Option<Arc<Footprint>>,
+}
+
+/// Footprints of the tasks that run (or are on their way to), by repository: a queued task
+/// whose footprint overlaps one of them waits.
+pub type HeldFootprints = HashMap<Arc<str>, Vec<(TaskKey, Arc<Footprint>)>>;
+
+/// The first task other than `key` whose held footprint overlaps `footprint`, if any.
+pub fn footprint_conflict<'a>(
+    held: &'a HeldFootprints,
+    key: &TaskKey,
+    footprint: &Footprint,
+) -> Option<&'a (TaskKey, Arc<Footprint>)> {
+    held.get(&footprint.repo)?
+        .iter()
+        .find(|(holder, other)| footprint.overlaps(other) && holder != key)
 }
 
 /// The runnable tasks in policy order.
@@ -192,6 +212,7 @@ impl Queue {
             repo: task.repo,
             direct: task.direct,
             resources: task.resources,
+            footprint: task.footprint,
         };
         self.by_age.insert((position.ready_at, task.key.clone()));
         self.order.insert(position.clone(), needs);
@@ -250,6 +271,28 @@ impl Queue {
             })
     }
 
+    /// The footprint of a queued task, if it has one.
+    pub fn footprint_of(&self, key: &TaskKey) -> Option<Arc<Footprint>> {
+        let position = self.positions.get(&key.spec)?.get(&key.id)?;
+        self.order.get(position)?.footprint.clone()
+    }
+
+    /// Queued tasks whose footprint overlaps a held one: `(task, its footprint, holder)`.
+    pub fn waiting_for_footprints<'a>(
+        &'a self,
+        held: &'a HeldFootprints,
+    ) -> impl Iterator<Item = (&'a TaskKey, &'a Footprint, &'a (TaskKey, Arc<Footprint>))> + 'a
+    {
+        self.order.iter().filter_map(move |(p, needs)| {
+            let footprint = needs.footprint.as_deref()?;
+            Some((
+                &p.key,
+                footprint,
+                footprint_conflict(held, &p.key, footprint)?,
+            ))
+        })
+    }
+
     /// Queued tasks that need a slot of a repository with none free.
     pub fn waiting_for_slots<'a>(
         &'a self,
@@ -283,6 +326,7 @@ mod tests {
             repo: None,
             direct: true,
             resources: None,
+            footprint: None,
         }
     }
 

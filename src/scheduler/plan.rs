@@ -2,7 +2,8 @@
 //!
 //! Rules every policy keeps: each task goes to the least loaded (running/max) of the enabled
 //! pools that can serve its skill and have room for it (concurrency, CPU and memory quotas,
-//! a free workspace slot of its repository); a task that fits nowhere is skipped, never
+//! a free workspace slot of its repository, no footprint overlap with a task of the same
+//! repository that runs or was picked before it); a task that fits nowhere is skipped, never
 //! holding up the tasks behind it; neither a pool cap, a quota nor the global cap is ever
 //! exceeded. What the policies change is the order in which tasks are offered:
 //!
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 
-use super::{Needs, Queue, Resources, TaskKey};
+use super::{footprint_conflict, HeldFootprints, Needs, Queue, Resources, TaskKey};
 use crate::config::SchedulingPolicy;
 
 /// Load and limits of one pool as the planner sees it.
@@ -72,6 +73,8 @@ pub struct PlanInput<'a> {
     pub weights: &'a BTreeMap<String, f64>,
     /// Tasks ready before this instant are starving and go first.
     pub starving_before: Option<NaiveDateTime>,
+    /// Footprints of the running tasks; each task placed adds its own.
+    pub held: &'a mut HeldFootprints,
 }
 
 /// What the planner decided, and what held tasks back.
@@ -81,6 +84,9 @@ pub struct Plan {
     pub assignments: Vec<(TaskKey, usize)>,
     /// Pools that had room for more runners but not in their CPU or memory quota.
     pub quota_blocked: HashSet<usize>,
+    /// `(task, holder)`: tasks passed over because their footprint overlaps the holder's
+    /// (a running task or one placed earlier in this plan). A task may appear twice.
+    pub footprint_waits: Vec<(TaskKey, TaskKey)>,
 }
 
 /// Chooses the next assignments. `loads`, `free_slots` and `spec_running` are updated as if
@@ -181,6 +187,17 @@ impl Planner<'_> {
         let Some(pool) = best else {
             return false;
         };
+        // Last, so only a task that could start now pays for it (against the few held
+        // footprints of its repository), and a wait reported is a wait for the footprint
+        // alone. A task without a footprint pays one branch.
+        if let Some(footprint) = &needs.footprint {
+            if let Some((holder, _)) = footprint_conflict(self.input.held, key, footprint) {
+                self.plan
+                    .footprint_waits
+                    .push((key.clone(), holder.clone()));
+                return false;
+            }
+        }
         let request = request(pool);
         if let Some(free) = needs
             .repo
@@ -194,6 +211,13 @@ impl Planner<'_> {
             self.pools_with_room -= 1;
         }
         self.input.global_free -= 1;
+        if let Some(footprint) = &needs.footprint {
+            self.input
+                .held
+                .entry(footprint.repo.clone())
+                .or_default()
+                .push((key.clone(), footprint.clone()));
+        }
         *self.input.spec_running.entry(key.spec.clone()).or_default() += 1;
         if self.input.starving_before.is_some() {
             self.taken.insert(key.clone());
@@ -264,6 +288,7 @@ mod tests {
             repo: None,
             direct: true,
             resources: None,
+            footprint: None,
         }
     }
 
@@ -285,6 +310,7 @@ mod tests {
         weights: BTreeMap<String, f64>,
         global_free: usize,
         starving_before: Option<NaiveDateTime>,
+        held: HeldFootprints,
     }
 
     impl World {
@@ -296,6 +322,7 @@ mod tests {
                 weights: BTreeMap::new(),
                 global_free: 100,
                 starving_before: None,
+                held: HeldFootprints::new(),
             }
         }
 
@@ -309,6 +336,7 @@ mod tests {
                     spec_running: &mut self.spec_running,
                     weights: &self.weights,
                     starving_before: self.starving_before,
+                    held: &mut self.held,
                 },
             );
             result
@@ -501,6 +529,7 @@ mod tests {
                 spec_running: &mut world.spec_running,
                 weights: &world.weights,
                 starving_before: None,
+                held: &mut world.held,
             },
         );
         // big (3 CPU, 1 GiB) then two smalls (0.5 each): 4 CPUs, 1.5 GiB; a third would not fit.
@@ -508,5 +537,69 @@ mod tests {
         assert!(result.quota_blocked.contains(&0));
         assert!(world.loads[0].cpu_used <= 4.0);
         assert!(world.loads[0].memory_used_mb <= 2048);
+    }
+
+    fn touching(id: &str, priority: i64, repo: &str, paths: &[&str]) -> QueuedTask {
+        let mut t = task("s", id, priority, 0, &[0]);
+        t.footprint = Some(Arc::new(super::super::Footprint::new(repo, paths).unwrap()));
+        t
+    }
+
+    #[test]
+    fn overlapping_footprints_are_skipped_without_blocking_the_queue() {
+        let mut q = Queue::new(SchedulingPolicy::Priority);
+        q.insert(touching("auth", 9, "r", &["src/auth/**"]));
+        q.insert(touching("login", 8, "r", &["src/auth/login.rs"]));
+        q.insert(touching("docs", 7, "r", &["docs/**"]));
+        q.insert(touching("other-repo", 6, "q", &["src/auth/**"]));
+        q.insert(task("s", "free", 5, 0, &[0]));
+        let mut world = World::new(&[(0, 8)]);
+        assert_eq!(
+            world.plan(&q),
+            ["s/auth@0", "s/docs@0", "s/other-repo@0", "s/free@0"],
+            "login overlaps auth, picked in the same pass"
+        );
+        assert_eq!(world.held[&Arc::from("r")].len(), 2);
+
+        // auth runs; login still waits, and says for whom.
+        let mut q = Queue::new(SchedulingPolicy::Priority);
+        q.insert(touching("login", 8, "r", &["src/auth/login.rs"]));
+        q.insert(touching("docs", 7, "r", &["docs/**"]));
+        let mut world = World::new(&[(1, 8)]);
+        let running = Arc::new(super::super::Footprint::new("r", &["src/auth/**"]).unwrap());
+        world.held = [(Arc::from("r"), vec![(TaskKey::new("s", "auth"), running)])].into();
+        let result = plan(
+            &q,
+            PlanInput {
+                loads: &mut world.loads,
+                free_slots: &mut world.free_slots,
+                global_free: 10,
+                spec_running: &mut world.spec_running,
+                weights: &world.weights,
+                starving_before: None,
+                held: &mut world.held,
+            },
+        );
+        let picked: Vec<&str> = result.assignments.iter().map(|(k, _)| &*k.id).collect();
+        assert_eq!(picked, ["docs"]);
+        assert_eq!(
+            result.footprint_waits,
+            [(TaskKey::new("s", "login"), TaskKey::new("s", "auth"))]
+        );
+        let waiting: Vec<String> = q
+            .waiting_for_footprints(&world.held)
+            .map(|(k, _, (holder, _))| format!("{}<{}", k.id, holder.id))
+            .collect();
+        assert_eq!(waiting, ["login<auth"]);
+    }
+
+    #[test]
+    fn footprints_hold_under_fair_share_and_starvation() {
+        let mut q = Queue::new(SchedulingPolicy::FairShare);
+        q.insert(touching("a", 0, "r", &["**"]));
+        q.insert(touching("b", 0, "r", &["x"]));
+        let mut world = World::new(&[(0, 8)]);
+        world.starving_before = Some(at(10));
+        assert_eq!(world.plan(&q), ["s/a@0"]);
     }
 }

@@ -167,6 +167,8 @@ pub struct Allocation {
 pub struct Patch {
     pub path: PathBuf,
     pub size_bytes: u64,
+    /// The files it changes, relative to the repository root (a rename as both names).
+    pub paths: Vec<String>,
 }
 
 /// What a release did.
@@ -1305,18 +1307,44 @@ fn save_patch(
                 ])
                 .timeout(WORKTREE_TIMEOUT)
                 .output()
+        })
+        .and_then(|diff| {
+            if diff.is_empty() {
+                return Ok((diff, Vec::new()));
+            }
+            // The names, for learned footprints: NUL-separated, so no quoting to undo.
+            let names = slot
+                .git()
+                .env_path("GIT_INDEX_FILE", &temp_index)
+                .args([
+                    "diff",
+                    "--cached",
+                    "--name-only",
+                    "-z",
+                    "--no-renames",
+                    "HEAD",
+                ])
+                .timeout(WORKTREE_TIMEOUT)
+                .output()?;
+            Ok((diff, names))
         });
     // The copy is scratch either way; a leftover would only waste space.
     let _ = fs::remove_file(&temp_index);
-    let diff = diff.map_err(git_error(slot))?;
+    let (diff, names) = diff.map_err(git_error(slot))?;
     if diff.is_empty() {
         return Ok(None);
     }
+    let paths = names
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect();
     let patch_path = unused_patch_path(patch_path);
     fsutil::write_atomic(&patch_path, &diff).map_err(|e| SlotError::io("write", &patch_path, e))?;
     Ok(Some(Patch {
         path: patch_path,
         size_bytes: diff.len() as u64,
+        paths,
     }))
 }
 

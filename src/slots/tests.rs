@@ -301,6 +301,7 @@ fn a_second_patch_under_the_same_attempt_number_is_kept_beside_the_first() {
             .expect("changes make a patch");
         let body = fs::read_to_string(&patch.path).unwrap();
         assert!(body.contains(&format!("+{text}")), "{body}");
+        assert_eq!(patch.paths, ["work.txt"], "the files it changes");
         saved.push(patch.path);
     }
     let dir = fx.tmp.path().join("patches");

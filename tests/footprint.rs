@@ -1,0 +1,434 @@
+//! Footprint-aware scheduling end to end: tasks of one repository whose `metadata.touches`
+//! overlap never run side by side, the waiting one is in `status` with the task it waits
+//! for, and nothing else is held back (other repositories, tasks without touches, tasks
+//! whose touches are malformed and therefore ignored).
+//!
+//! Runners are `tests/runners/hold.sh`: each writes "start"/"end" ledger lines and works
+//! until the test opens its gate file, so what overlapped is read from what really ran and
+//! no check depends on timing. The repositories named here have no `[repo_pool]`: their
+//! tasks run in scratch directories, and the footprint rule still applies by repository name.
+
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// A pool of `max` runners of `hold.sh`, the ledger and the gates' directory.
+struct Setup {
+    env: Env,
+    ledger: PathBuf,
+    out: PathBuf,
+}
+
+impl Setup {
+    fn new(max: usize, extra: &str) -> Setup {
+        let env = Env::new();
+        let ledger = env.path().join("ledger");
+        let out = env.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let vars = [
+            ("LEDGER", ledger.display().to_string()),
+            ("OUT_DIR", out.display().to_string()),
+        ];
+        env.config(
+            "",
+            &format!(
+                "{}{}{extra}",
+                pool(
+                    "work",
+                    max,
+                    &cmd("hold.sh", &["{task_id}", "work"]),
+                    &vars,
+                    ""
+                ),
+                default_to("work"),
+            ),
+        );
+        Setup { env, ledger, out }
+    }
+
+    fn open_gate(&self, task: &str) {
+        fs::write(self.out.join(format!("gate-{task}")), "").unwrap();
+    }
+
+    fn marks(&self) -> Vec<Mark> {
+        ledger(&self.ledger)
+    }
+
+    fn started(&self, task: &str) -> bool {
+        self.marks().iter().any(|m| m.start && m.task == task)
+    }
+
+    /// `(start, end)` of the one run of `task`.
+    fn span(&self, task: &str) -> (u128, u128) {
+        let marks = self.marks();
+        let of = |start: bool| {
+            let found: Vec<u128> = marks
+                .iter()
+                .filter(|m| m.task == task && m.start == start)
+                .map(|m| m.ns)
+                .collect();
+            assert_eq!(found.len(), 1, "{task} ran exactly once: {marks:?}");
+            found[0]
+        };
+        (of(true), of(false))
+    }
+}
+
+fn task(id: &str, priority: i64, metadata: &Value) -> Value {
+    json!({"id": id, "priority": priority, "metadata": metadata})
+}
+
+fn overlapped(a: (u128, u128), b: (u128, u128)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+fn waiting_for_footprint(env: &Env) -> Vec<Value> {
+    status_json(env)["waiting_for_footprint"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_them() {
+    let setup = Setup::new(3, "");
+    let env = &setup.env;
+    env.taskset(
+        "s",
+        &[
+            task(
+                "A",
+                9,
+                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
+            ),
+            task(
+                "B",
+                8,
+                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
+            ),
+            task("C", 7, &json!({"repo_name": "app", "touches": ["docs/**"]})),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    // A and C start at once; B, behind A in line, is passed over and C is not held up.
+    wait_for("A and C to start", || {
+        setup.started("A") && setup.started("C")
+    });
+    // Either outcome ends the wait, so a broken rule fails at once, not at the deadline.
+    wait_for("B to be reported waiting, or to start", || {
+        !waiting_for_footprint(env).is_empty() || setup.started("B")
+    });
+    assert!(
+        !setup.started("B"),
+        "B started beside A: {:?}",
+        setup.marks()
+    );
+    assert_eq!(env.state_of("s", "B"), "ready");
+
+    setup.open_gate("A");
+    wait_for("B to start after A", || setup.started("B"));
+    setup.open_gate("B");
+    setup.open_gate("C");
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+
+    let (a, b, c) = (setup.span("A"), setup.span("B"), setup.span("C"));
+    assert!(!overlapped(a, b), "A and B overlapped: {:?}", setup.marks());
+    assert!(
+        overlapped(c, a) || overlapped(c, b),
+        "C ran alone: {:?}",
+        setup.marks()
+    );
+}
+
+#[test]
+fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
+    let setup = Setup::new(3, "[metrics]\ntextfile = \"metrics.prom\"\n");
+    let env = &setup.env;
+    env.taskset(
+        "s",
+        &[
+            task(
+                "A",
+                9,
+                &json!({"repo_name": "app", "touches": ["src/auth/**", "README.md"]}),
+            ),
+            task(
+                "B",
+                8,
+                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
+            ),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    wait_for("A to start", || setup.started("A"));
+    // Either outcome ends the wait, so a broken rule fails at once, not at the deadline.
+    wait_for("B to be reported waiting, or to start", || {
+        !waiting_for_footprint(env).is_empty() || setup.started("B")
+    });
+    assert!(
+        !setup.started("B"),
+        "B started beside A: {:?}",
+        setup.marks()
+    );
+    let waiting = waiting_for_footprint(env);
+    assert_eq!(
+        waiting,
+        [json!({
+            "spec": "s", "task_id": "B", "repo": "app",
+            "conflicts_with": {"spec": "s", "task_id": "A", "paths": ["src/auth/**"]},
+            "paths": ["src/auth/login.rs"],
+        })]
+    );
+    let human = env.output(&["status"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("WAITING FOR A FOOTPRINT"), "{text}");
+    assert!(text.contains("s/B") && text.contains("s/A"), "{text}");
+    let metrics = env.path().join("metrics.prom");
+    wait_for("the footprint gauge", || {
+        fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "dispatcher_waiting_for_footprint 1")
+    });
+
+    setup.open_gate("A");
+    setup.open_gate("B");
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    assert!(setup.span("A").1 < setup.span("B").0, "{:?}", setup.marks());
+    // Logged once per wait, not on every turn it went on.
+    let log = run.stderr();
+    assert_eq!(
+        log.matches("task s/B waits for s/A").count(),
+        1,
+        "log:\n{log}"
+    );
+    let events = env.events_of_type("s", "TaskWaitingForFootprint");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["task_id"], "B");
+    assert_eq!(events[0]["details"]["conflicts_with_task_id"], "A");
+    assert!(
+        waiting_for_footprint(env).is_empty(),
+        "no dispatcher, no wait"
+    );
+}
+
+#[test]
+fn different_repositories_never_conflict() {
+    let setup = Setup::new(3, "");
+    let env = &setup.env;
+    env.taskset(
+        "s",
+        &[
+            task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
+            task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
+        ],
+    );
+    // A second spec, same repository as "one": specs do not matter, repositories do.
+    env.taskset(
+        "t",
+        &[task(
+            "same",
+            7,
+            &json!({"repo_name": "one", "touches": ["src/x.rs"]}),
+        )],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    wait_for("both repositories' tasks to run", || {
+        setup.started("one") && setup.started("two")
+    });
+    // The pool has room for "same" too: only its footprint holds it back.
+    wait_for("t/same to wait for s/one, or to start", || {
+        setup.started("same")
+            || waiting_for_footprint(env)
+                .iter()
+                .any(|w| w["task_id"] == "same" && w["conflicts_with"]["task_id"] == "one")
+    });
+    assert!(!setup.started("same"));
+    for id in ["one", "two", "same"] {
+        setup.open_gate(id);
+    }
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    assert!(overlapped(setup.span("one"), setup.span("two")));
+    assert!(setup.span("one").1 < setup.span("same").0);
+}
+
+#[test]
+fn tasks_without_touches_or_without_a_repository_are_unaffected() {
+    let setup = Setup::new(3, "");
+    let env = &setup.env;
+    env.taskset(
+        "s",
+        &[
+            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
+            task("untouched", 8, &json!({"repo_name": "app"})),
+            task("nowhere", 7, &json!({"touches": ["**"]})),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    wait_for("all three to run at once", || {
+        ["all", "untouched", "nowhere"]
+            .iter()
+            .all(|t| setup.started(t))
+    });
+    assert!(waiting_for_footprint(env).is_empty());
+    for id in ["all", "untouched", "nowhere"] {
+        setup.open_gate(id);
+    }
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+}
+
+#[test]
+fn malformed_touches_are_reported_once_and_ignored() {
+    let setup = Setup::new(3, "");
+    let env = &setup.env;
+    env.taskset(
+        "s",
+        &[
+            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
+            task(
+                "absolute",
+                8,
+                &json!({"repo_name": "app", "touches": ["/etc/**"]}),
+            ),
+            task(
+                "string",
+                7,
+                &json!({"repo_name": "app", "touches": "src/**"}),
+            ),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    // Ignored footprints conflict with nobody: all three run beside the one touching "**".
+    wait_for("all three to run at once", || {
+        ["all", "absolute", "string"]
+            .iter()
+            .all(|t| setup.started(t))
+    });
+    let errors = status_json(env)["footprint_errors"].clone();
+    assert_eq!(
+        errors,
+        json!([
+            {"spec": "s", "task_id": "absolute",
+             "error": "metadata.touches[0] \"/etc/**\" is absolute; patterns are relative to the repository root"},
+            {"spec": "s", "task_id": "string",
+             "error": "metadata.touches must be a list of path patterns, not a string"},
+        ])
+    );
+    let human = String::from_utf8_lossy(&env.output(&["status"]).stdout).into_owned();
+    assert!(human.contains("FOOTPRINTS IGNORED"), "{human}");
+    for id in ["all", "absolute", "string"] {
+        setup.open_gate(id);
+    }
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    let log = run.stderr();
+    assert_eq!(
+        log.matches("task s/absolute: metadata.touches[0]").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+/// Runs git in `dir`; panics with its stderr unless it succeeds.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Footprint Test",
+            "-c",
+            "user.email=fp@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_footprint_is_learned_from_the_patch_of_an_earlier_attempt() {
+    let env = Env::new();
+    let origin = env.path().join("app-origin");
+    fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+    fs::write(origin.join("README.md"), "app\n").unwrap();
+    git(&origin, &["add", "--all"]);
+    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    let ledger_path = env.path().join("ledger");
+    let out = env.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let vars = [
+        ("LEDGER", ledger_path.display().to_string()),
+        ("OUT_DIR", out.display().to_string()),
+        ("FAIL_FIRST", "L".to_string()),
+        ("TOUCH", "src/auth/login.rs".to_string()),
+    ];
+    env.config(
+        "learn_footprints = true",
+        &format!(
+            "[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n{}{}\
+             [repo_pool]\ndir = \"workspaces\"\n\n[[repo_pool.repos]]\nname = \"app\"\n\
+             url = {}\nslots = 2\nbase_branch = \"main\"\n",
+            pool("work", 2, &cmd("learn.sh", &["{task_id}"]), &vars, ""),
+            default_to("work"),
+            toml_str(&origin.display().to_string()),
+        ),
+    );
+    // L declares nothing; its first attempt changes src/auth/login.rs and fails. A touches
+    // src/auth/** and holds its slot until the test lets it go.
+    env.taskset(
+        "s",
+        &[
+            task("L", 9, &json!({"repo_name": "app"})),
+            task(
+                "A",
+                8,
+                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
+            ),
+        ],
+    );
+    let mut run = env.spawn_run(&["--until-idle"]);
+    let started = |task: &str| {
+        ledger(&ledger_path)
+            .iter()
+            .any(|m| m.start && m.task == task)
+    };
+    wait_for("A to run", || started("A"));
+    // L's retry now has the footprint its first patch names, which overlaps A's.
+    wait_for("L to wait for A, or to start", || {
+        started("L")
+            || waiting_for_footprint(&env).iter().any(|w| {
+                w["task_id"] == "L"
+                    && w["conflicts_with"]["task_id"] == "A"
+                    && w["paths"] == json!(["src/auth/login.rs"])
+            })
+    });
+    assert!(!started("L"), "L ran beside A: {:?}", ledger(&ledger_path));
+    let artifacts = env.task("s", "L")["artifacts"].clone();
+    assert_eq!(
+        artifacts[0]["metadata"]["paths"],
+        json!(["src/auth/login.rs"]),
+        "{artifacts}"
+    );
+
+    fs::write(out.join("gate-A"), "").unwrap();
+    fs::write(out.join("gate-L"), "").unwrap();
+    let status = run.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    let marks = ledger(&ledger_path);
+    let end_a = marks.iter().find(|m| !m.start && m.task == "A").unwrap().ns;
+    let start_l = marks.iter().find(|m| m.start && m.task == "L").unwrap().ns;
+    assert!(end_a < start_l, "{marks:?}");
+}
