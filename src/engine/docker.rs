@@ -8,12 +8,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, SystemTime};
 
 use super::tool::{Tool, ToolError};
-use super::{Ending, Engine, EngineError, JobState, Submission};
+use super::{Ending, Engine, EngineError, JobState, Submission, RUNNER_MOUNT, WORKSPACE};
 use crate::config::EngineSettings;
 use crate::launcher::{LaunchSpec, RunnerView};
 
@@ -23,10 +22,6 @@ pub const LABEL_POOL: &str = "dispatcher.pool";
 pub const LABEL_SPEC: &str = "dispatcher.spec";
 pub const LABEL_TASK: &str = "dispatcher.task";
 pub const LABEL_ATTEMPT: &str = "dispatcher.attempt";
-
-/// Where the slot and the runner directory appear inside the container.
-const WORKSPACE: &str = "/workspace";
-const RUNNER_MOUNT: &str = "/dispatcher";
 
 /// What `docker inspect` prints per container.
 const INSPECT_FORMAT: &str =
@@ -112,12 +107,7 @@ impl Engine for Docker {
     }
 
     fn view(&self, _req: &LaunchSpec) -> RunnerView {
-        let shared = self.settings.shared_workspaces;
-        RunnerView {
-            workdir: shared.then(|| PathBuf::from(WORKSPACE)),
-            runner_dir: shared.then(|| PathBuf::from(RUNNER_MOUNT)),
-            host_env: false,
-        }
+        super::container_view(&self.settings)
     }
 
     fn submit(&self, job: &Submission<'_>) -> Result<String, EngineError> {
@@ -207,15 +197,10 @@ impl Engine for Docker {
             .args(["ps", "-a", "-q", "--no-trunc", "--filter"])
             .arg(format!("label={LABEL_RUNNER}={runner_id}"))
             .output()?;
-        Ok(out
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(str::to_owned))
+        Ok(super::first_line(&out))
     }
 
     fn follow_logs(&self, id: &str, log: File, since: Option<SystemTime>) -> Option<Child> {
-        let err = log.try_clone().ok()?;
         let mut logs = Command::new("docker");
         logs.args(["logs", "--follow"]);
         if let Some(since) = since {
@@ -225,22 +210,8 @@ impl Engine for Docker {
                 .as_secs();
             logs.arg(format!("--since={secs}"));
         }
-        let child = logs
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
-            .spawn();
-        match child {
-            Ok(child) => Some(child),
-            Err(err) => {
-                log::warn!(
-                    "pool {}: cannot follow the output of {id}: {err}",
-                    self.pool
-                );
-                None
-            }
-        }
+        logs.arg(id);
+        super::spawn_follower(logs, log, &self.pool, short(id))
     }
 
     fn forget(&self, id: &str) {

@@ -13,14 +13,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
 use super::tool::{Tool, ToolError};
-use super::{Ending, Engine, EngineError, JobState, Submission};
+use super::{Ending, Engine, EngineError, JobState, Submission, RUNNER_MOUNT, WORKSPACE};
 use crate::config::EngineSettings;
 use crate::launcher::{LaunchSpec, RunnerView};
 
@@ -29,9 +28,6 @@ pub const LABEL_POOL: &str = "dispatcher.io/pool";
 pub const LABEL_SPEC: &str = "dispatcher.io/spec";
 pub const LABEL_TASK: &str = "dispatcher.io/task";
 pub const LABEL_ATTEMPT: &str = "dispatcher.io/attempt";
-
-const WORKSPACE: &str = "/workspace";
-const RUNNER_MOUNT: &str = "/dispatcher";
 
 pub struct Kubernetes {
     pool: String,
@@ -317,12 +313,7 @@ impl Engine for Kubernetes {
     }
 
     fn view(&self, _req: &LaunchSpec) -> RunnerView {
-        let shared = self.settings.shared_workspaces;
-        RunnerView {
-            workdir: shared.then(|| PathBuf::from(WORKSPACE)),
-            runner_dir: shared.then(|| PathBuf::from(RUNNER_MOUNT)),
-            host_env: false,
-        }
+        super::container_view(&self.settings)
     }
 
     fn submit(&self, job: &Submission<'_>) -> Result<String, EngineError> {
@@ -420,16 +411,10 @@ impl Engine for Kubernetes {
             .args(["get", "jobs", "-o", "name", "-l"])
             .arg(format!("{LABEL_RUNNER}={}", label_value(runner_id)))
             .output()?;
-        Ok(out
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .and_then(|l| l.rsplit('/').next())
-            .map(str::to_owned))
+        Ok(super::first_line(&out).and_then(|l| l.rsplit('/').next().map(str::to_owned)))
     }
 
     fn follow_logs(&self, id: &str, log: File, since: Option<SystemTime>) -> Option<Child> {
-        let err = log.try_clone().ok()?;
         let mut logs = Command::new("kubectl");
         logs.args(self.scope())
             .args(["logs", "--follow", "--pod-running-timeout=24h"]);
@@ -437,22 +422,8 @@ impl Engine for Kubernetes {
             let age = SystemTime::now().duration_since(since).unwrap_or_default();
             logs.arg(format!("--since={}s", age.as_secs().max(1)));
         }
-        let child = logs
-            .arg(format!("job/{id}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
-            .spawn();
-        match child {
-            Ok(child) => Some(child),
-            Err(err) => {
-                log::warn!(
-                    "pool {}: cannot follow the output of job {id}: {err}",
-                    self.pool
-                );
-                None
-            }
-        }
+        logs.arg(format!("job/{id}"));
+        super::spawn_follower(logs, log, &self.pool, &format!("job {id}"))
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, PoolConfig, PoolKind};
+use crate::config::{Config, EngineSettings, PoolConfig, PoolKind};
 use crate::fsutil;
 use crate::launcher::{LaunchSpec, RunnerView};
 use crate::supervisor::{RunnerDir, RunnerRecord, StopReason};
@@ -137,6 +137,53 @@ pub fn build(pool_name: &str, pool: &PoolConfig) -> Option<Box<dyn Engine>> {
         PoolKind::Slurm => Some(Box::new(slurm::Slurm::new(settings))),
         PoolKind::Docker => Some(Box::new(docker::Docker::new(pool_name, settings))),
         PoolKind::Kubernetes => Some(Box::new(kubernetes::Kubernetes::new(pool_name, settings))),
+    }
+}
+
+/// Where a container sees its slot and its runner directory, when they are mounted.
+pub const WORKSPACE: &str = "/workspace";
+pub const RUNNER_MOUNT: &str = "/dispatcher";
+
+/// How a container runner sees its files: the mount points when the engine's nodes share
+/// this machine's files, nothing otherwise; never this machine's environment.
+fn container_view(settings: &EngineSettings) -> RunnerView {
+    let shared = settings.shared_workspaces;
+    RunnerView {
+        workdir: shared.then(|| std::path::PathBuf::from(WORKSPACE)),
+        runner_dir: shared.then(|| std::path::PathBuf::from(RUNNER_MOUNT)),
+        host_env: false,
+    }
+}
+
+/// The first non-empty line of a tool's answer (a job id, a container id, `job.batch/x`).
+fn first_line(out: &str) -> Option<String> {
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+/// Starts a log follower (`docker logs -f`, `kubectl logs -f`) writing into the attempt's
+/// log; `None`, with a warning, when it cannot start (the job runs on without it).
+fn spawn_follower(
+    mut command: std::process::Command,
+    log: File,
+    pool: &str,
+    id: &str,
+) -> Option<Child> {
+    use std::process::Stdio;
+    let err = log.try_clone().ok()?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .spawn();
+    match child {
+        Ok(child) => Some(child),
+        Err(err) => {
+            log::warn!("pool {pool}: cannot follow the output of {id}: {err}");
+            None
+        }
     }
 }
 

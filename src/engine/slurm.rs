@@ -186,11 +186,7 @@ impl Engine for Slurm {
             .args(["-h", "-t", "all", "-o", "%i"])
             .arg(format!("--name={runner_id}"))
             .output()?;
-        Ok(out
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(str::to_owned))
+        Ok(super::first_line(&out))
     }
 }
 
