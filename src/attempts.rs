@@ -107,25 +107,7 @@ pub fn render(records: &[(AttemptRecord, Option<bool>)]) -> String {
                 .map_or_else(dash, |e| e.replace('\n', " ")),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for cells in &table {
-        for (width, cell) in widths.iter_mut().zip(cells) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for cells in &table {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            line.push_str(cell);
-            if i + 1 < cells.len() {
-                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::aligned(&table)
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub mod status;
 pub mod subprocess;
 pub mod supervisor;
 pub mod sys;
+pub mod table;
 pub mod timefmt;
 pub mod view;
 pub mod watchdog;
