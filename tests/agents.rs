@@ -300,7 +300,7 @@ fn a_runner_past_the_hard_cap_is_stopped_after_being_flagged_at_the_soft_cap() {
     spender_config(
         &env,
         &[("STEP_USD", "0.05")],
-        "[agent_pools.agents.budget]\nusd = 1.0\nsoft = 0.3\nperiod = \"day\"",
+        "budget_usd = 1.0\nbudget_soft = 0.3\nbudget_period = \"day\"",
         "",
     );
     env.taskset("s", &[json!({"id": "big"})]);
@@ -349,7 +349,7 @@ fn a_task_whose_estimate_does_not_fit_the_spec_budget_waits_while_a_smaller_one_
         &env,
         &[("STEPS", "2"), ("STEP_USD", "0.4")],
         "",
-        "[spec_budgets.s]\nusd = 1.0",
+        "[spec_budgets.s]\nbudget_usd = 1.0",
     );
     env.taskset(
         "s",

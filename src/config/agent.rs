@@ -12,11 +12,20 @@ use crate::supervisor::FailureClass;
 pub(super) const POOL_AGENT_KEYS: &[&str] = &[
     "classify",
     "breaker_cooldown",
-    "budget",
+    "budget_usd",
+    "budget_tokens",
+    "budget_period",
+    "budget_soft",
     "stall_timeout",
     "stall_action",
 ];
-const BUDGET_KEYS: &[&str] = &["usd", "tokens", "period", "soft"];
+/// The keys of a budget, in a pool's table or a `[spec_budgets.<spec>]` table.
+pub(super) const BUDGET_KEYS: &[&str] = &[
+    "budget_usd",
+    "budget_tokens",
+    "budget_period",
+    "budget_soft",
+];
 
 /// Output patterns that give a failed attempt its class: the first class with a pattern
 /// found in the end of the attempt's log wins, in the order rate_limited, auth_expired,
@@ -123,9 +132,7 @@ pub(super) fn decode_pool(table: &Table<'_>) -> Result<AgentSettings, Problem> {
     if let Some(item) = table.get("breaker_cooldown") {
         settings.breaker_cooldown = item.duration()?;
     }
-    if let Some(item) = table.get("budget") {
-        settings.budget = Some(decode_budget(&item)?);
-    }
+    settings.budget = decode_budget(table)?;
     if let Some(item) = table.get("stall_timeout") {
         settings.stall_timeout = Some(item.duration()?).filter(|d| !d.is_zero());
     }
@@ -174,22 +181,18 @@ fn decode_classify(section: &Item<'_>) -> Result<Classify, Problem> {
     Ok(Classify { rules })
 }
 
-/// `{ usd = 50, tokens = 2000000, period = "day", soft = 0.8 }`.
-pub(super) fn decode_budget(section: &Item<'_>) -> Result<Budget, Problem> {
-    let table = section.table()?;
-    table.deny_unknown(BUDGET_KEYS)?;
-    let usd = match table.get("usd") {
+/// `budget_usd = 50`, `budget_tokens = 2000000`, `budget_period = "day"`, `budget_soft = 0.8`
+/// of a table; `None` when it sets no cap.
+pub(super) fn decode_budget(table: &Table<'_>) -> Result<Option<Budget>, Problem> {
+    let usd = match table.get("budget_usd") {
         Some(item) => Some(super::positive(&item)?),
         None => None,
     };
-    let tokens = match table.get("tokens") {
+    let tokens = match table.get("budget_tokens") {
         Some(item) => Some(item.integer(1)?),
         None => None,
     };
-    if usd.is_none() && tokens.is_none() {
-        return Err(section.problem("a budget needs \"usd\" or \"tokens\" (or both)"));
-    }
-    let period = match table.get("period") {
+    let period = match table.get("budget_period") {
         None => BudgetPeriod::Total,
         Some(item) => match item.str()? {
             "day" => BudgetPeriod::Day,
@@ -201,7 +204,7 @@ pub(super) fn decode_budget(section: &Item<'_>) -> Result<Budget, Problem> {
             }
         },
     };
-    let soft = match table.get("soft") {
+    let soft = match table.get("budget_soft") {
         None => 0.8,
         Some(item) => {
             let soft = item.float()?;
@@ -213,10 +216,16 @@ pub(super) fn decode_budget(section: &Item<'_>) -> Result<Budget, Problem> {
             soft
         }
     };
-    Ok(Budget {
+    if usd.is_none() && tokens.is_none() {
+        if let Some(item) = table.get("budget_period").or(table.get("budget_soft")) {
+            return Err(item.problem("a budget needs budget_usd or budget_tokens (or both)"));
+        }
+        return Ok(None);
+    }
+    Ok(Some(Budget {
         usd,
         tokens,
         period,
         soft,
-    })
+    }))
 }

@@ -534,9 +534,16 @@ fn decode(root: &Item<'_>, base_dir: &Path) -> Result<Config, Problem> {
     }
     if let Some(section) = root.get("spec_budgets") {
         for item in section.table()?.entries() {
-            config
-                .spec_budgets
-                .insert(item.name.to_owned(), agent::decode_budget(&item)?);
+            let table = item.table()?;
+            table.deny_unknown(agent::BUDGET_KEYS)?;
+            match agent::decode_budget(&table)? {
+                Some(budget) => {
+                    config.spec_budgets.insert(item.name.to_owned(), budget);
+                }
+                None => {
+                    return Err(item.problem("a budget needs budget_usd or budget_tokens (or both)"))
+                }
+            }
         }
     }
     if let Some(section) = root.get("fair_share") {
@@ -1578,6 +1585,42 @@ default = "backend"
             4,
         );
         assert!(err.contains("applies to local-process pools only"), "{err}");
+    }
+
+    #[test]
+    fn agent_keys_parse_and_bad_ones_name_key_and_line() {
+        let config = parse_ok(
+            "[agent_pools.a]\ncommand = [\"x\"]\nbreaker_cooldown = \"90s\"\n\
+             budget_usd = 5\nbudget_period = \"day\"\nstall_timeout = \"10m\"\n\
+             stall_action = \"restart\"\n[agent_pools.a.classify]\nrate_limited = [\"429\"]\n\
+             [spec_budgets.chat]\nbudget_tokens = 1000\n",
+        );
+        let agent = &config.agent_pools["a"].agent;
+        assert_eq!(agent.breaker_cooldown, Duration::from_secs(90));
+        assert_eq!(agent.budget.as_ref().unwrap().usd, Some(5.0));
+        assert_eq!(agent.budget.as_ref().unwrap().period, BudgetPeriod::Day);
+        assert_eq!(agent.stall_action, StallAction::Restart);
+        assert_eq!(
+            agent.classify.class_of("HTTP 429 Too Many Requests"),
+            Some(crate::supervisor::FailureClass::RateLimited)
+        );
+        assert_eq!(config.spec_budgets["chat"].tokens, Some(1000));
+
+        let err = parse_err(
+            "[agent_pools.a]\ncommand = [\"x\"]\n[agent_pools.a.classify]\ninfra = [\"(\"]\n",
+            4,
+        );
+        assert!(err.contains("agent_pools.a.classify.infra"), "{err}");
+        assert!(err.contains("invalid pattern \"(\""), "{err}");
+        let err = parse_err("[agent_pools.a]\ncommand = [\"x\"]\nbudget_soft = 0.5\n", 3);
+        assert!(err.contains("needs budget_usd or budget_tokens"), "{err}");
+        let err = parse_err(
+            "[agent_pools.a]\ncommand = [\"x\"]\nstall_action = \"nap\"\n",
+            3,
+        );
+        assert!(err.contains("unknown stall action \"nap\""), "{err}");
+        let err = parse_err("[spec_budgets.s]\nusd = 1\n", 2);
+        assert!(err.contains("spec_budgets.s"), "{err}");
     }
 
     #[test]
