@@ -2,6 +2,7 @@
 //! `dispatcher` binary run in it with a clean environment, and waits with deadlines.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod engine_tests;
 pub mod standin;
 
 use std::cell::RefCell;
@@ -267,6 +268,13 @@ impl Run {
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Asks the dispatcher to drain (SIGTERM) and waits for it, so that a test that ends a
+    /// long-running `run` leaves nothing behind.
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        self.wait(DEADLINE);
+    }
 }
 
 impl Drop for Run {
@@ -276,6 +284,25 @@ impl Drop for Run {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Asserts that a dispatcher exited with `code`, showing its `log` when it did not.
+pub fn assert_exit(status: ExitStatus, code: i32, log: &str) {
+    assert_eq!(status.code(), Some(code), "dispatcher log:\n{log}");
+}
+
+/// `<temp>/out`, created: where runner scripts write their records and look for gate files.
+pub fn out_dir(env: &Env) -> PathBuf {
+    let dir = env.path().join("out");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The attempts a task has used, from `metadata.dispatcher.attempts` (0 before the first).
+pub fn attempts(task: &Value) -> u64 {
+    task["metadata"]["dispatcher"]["attempts"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Polls `condition` until it holds; panics with `what` past `DEADLINE`.
