@@ -305,6 +305,44 @@ pub fn attempts(task: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs git in `dir` with an identity of its own, so that commits work on a fresh machine.
+/// Panics with git's stderr unless it succeeds; returns stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Dispatcher Test",
+            "-c",
+            "user.email=tests@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An origin repository `<temp>/<name>-origin` with one commit on `main`: a `README.md`
+/// holding the name, plus `files` (`(path, content)`), for tests of slots and footprints.
+pub fn make_origin(env: &Env, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let origin = env.path().join(format!("{name}-origin"));
+    fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+    fs::write(origin.join("README.md"), format!("{name}\n")).unwrap();
+    for (path, content) in files {
+        fs::write(origin.join(path), content).unwrap();
+    }
+    git(&origin, &["add", "--all"]);
+    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    origin
+}
+
 /// Polls `condition` until it holds; panics with `what` past `DEADLINE`.
 pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let end = Instant::now() + DEADLINE;
@@ -493,6 +531,20 @@ pub fn ledger(path: &Path) -> Vec<Mark> {
         .collect();
     marks.sort_by_key(|m| m.ns);
     marks
+}
+
+/// `(start, end)` of the one run of `task` in a ledger; panics unless it ran exactly once.
+pub fn span(marks: &[Mark], task: &str) -> (u128, u128) {
+    let of = |start: bool| {
+        let found: Vec<u128> = marks
+            .iter()
+            .filter(|m| m.task == task && m.start == start)
+            .map(|m| m.ns)
+            .collect();
+        assert_eq!(found.len(), 1, "{task} ran exactly once: {marks:?}");
+        found[0]
+    };
+    (of(true), of(false))
 }
 
 /// The most runs between their start and end at one moment, from `(ns, is_start)` points. A
