@@ -58,6 +58,12 @@ impl Setup {
         Setup { env, ledger, out }
     }
 
+    /// Writes `tasks` as the taskset `s` and starts `run --until-idle` on the workspace.
+    fn start(&self, tasks: &[Value]) -> Run {
+        self.env.taskset("s", tasks);
+        self.env.spawn_run(&["--until-idle"])
+    }
+
     fn open_gate(&self, task: &str) {
         fs::write(self.out.join(format!("gate-{task}")), "").unwrap();
     }
@@ -128,15 +134,11 @@ fn waiting_for_footprint(env: &Env) -> Vec<Value> {
 fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_them() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            app_task("A", 9, &["src/auth/**"]),
-            app_task("B", 8, &["src/auth/login.rs"]),
-            app_task("C", 7, &["docs/**"]),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("A", 9, &["src/auth/**"]),
+        app_task("B", 8, &["src/auth/login.rs"]),
+        app_task("C", 7, &["docs/**"]),
+    ]);
     // A and C start at once; B, behind A in line, is passed over and C is not held up.
     wait_for("A and C to start", || {
         setup.started("A") && setup.started("C")
@@ -161,14 +163,10 @@ fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_
 fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
     let setup = Setup::new(3, "[metrics]\ntextfile = \"metrics.prom\"\n");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            app_task("A", 9, &["src/auth/**", "README.md"]),
-            app_task("B", 8, &["src/auth/login.rs"]),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("A", 9, &["src/auth/**", "README.md"]),
+        app_task("B", 8, &["src/auth/login.rs"]),
+    ]);
     wait_for("A to start", || setup.started("A"));
     setup.assert_held_back("B", "A");
     let waiting = waiting_for_footprint(env);
@@ -215,13 +213,6 @@ fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
 fn different_repositories_never_conflict() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
-            task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
-        ],
-    );
     // A second spec, same repository as "one": specs do not matter, repositories do.
     env.taskset(
         "t",
@@ -231,7 +222,10 @@ fn different_repositories_never_conflict() {
             &json!({"repo_name": "one", "touches": ["src/x.rs"]}),
         )],
     );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
+        task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
+    ]);
     wait_for("both repositories' tasks to run", || {
         setup.started("one") && setup.started("two")
     });
@@ -252,15 +246,11 @@ fn different_repositories_never_conflict() {
 fn tasks_without_touches_or_without_a_repository_are_unaffected() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            app_task("all", 9, &["**"]),
-            task("untouched", 8, &json!({"repo_name": "app"})),
-            task("nowhere", 7, &json!({"touches": ["**"]})),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("all", 9, &["**"]),
+        task("untouched", 8, &json!({"repo_name": "app"})),
+        task("nowhere", 7, &json!({"touches": ["**"]})),
+    ]);
     wait_for("all three to run at once", || {
         ["all", "untouched", "nowhere"]
             .iter()
@@ -274,19 +264,15 @@ fn tasks_without_touches_or_without_a_repository_are_unaffected() {
 fn malformed_touches_are_reported_once_and_ignored() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            app_task("all", 9, &["**"]),
-            app_task("absolute", 8, &["/etc/**"]),
-            task(
-                "string",
-                7,
-                &json!({"repo_name": "app", "touches": "src/**"}),
-            ),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("all", 9, &["**"]),
+        app_task("absolute", 8, &["/etc/**"]),
+        task(
+            "string",
+            7,
+            &json!({"repo_name": "app", "touches": "src/**"}),
+        ),
+    ]);
     // Ignored footprints conflict with nobody: all three run beside the one touching "**".
     wait_for("all three to run at once", || {
         ["all", "absolute", "string"]
@@ -338,14 +324,10 @@ fn a_footprint_is_learned_from_the_patch_of_an_earlier_attempt() {
     let env = &setup.env;
     // L declares nothing; its first attempt changes src/auth/login.rs and fails. A touches
     // src/auth/** and holds its slot until the test lets it go.
-    env.taskset(
-        "s",
-        &[
-            task("L", 9, &json!({"repo_name": "app"})),
-            app_task("A", 8, &["src/auth/**"]),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        task("L", 9, &json!({"repo_name": "app"})),
+        app_task("A", 8, &["src/auth/**"]),
+    ]);
     wait_for("A to run", || setup.started("A"));
     // L's retry now has the footprint its first patch names, which overlaps A's.
     wait_for("L to wait for A, or to start", || {
