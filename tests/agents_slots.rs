@@ -11,48 +11,14 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use support::*;
 
 // ----- helpers -------------------------------------------------------------------------------
 
-/// Runs git in `dir` with an identity of its own; panics with git's stderr unless it
-/// succeeds; returns stdout, trimmed.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Slot Test",
-            "-c",
-            "user.email=slots@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// An origin repository (the "main checkout") with one commit on `main`; `.env` is ignored,
-/// as a project keeps its secrets out of git.
-fn make_origin(env: &Env) -> PathBuf {
-    let origin = env.path().join("app-origin");
-    fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
-    fs::write(origin.join("README.md"), "app\n").unwrap();
-    fs::write(origin.join(".gitignore"), ".env\n").unwrap();
-    git(&origin, &["add", "--all"]);
-    git(&origin, &["commit", "--quiet", "-m", "initial"]);
-    origin
-}
+/// For [`make_origin`]: `.env` is ignored, as a project keeps its secrets out of git.
+const IGNORED_ENV: &[(&str, &str)] = &[(".gitignore", ".env\n")];
 
 /// A config with one pool `agents` of `max` runners running `agent_slot.sh {task_id}` (with
 /// `OUT_DIR` and `runner_env`), short retry delays, and repository `app` of `slots` slots
@@ -86,12 +52,6 @@ fn configure(
 
 fn app_task(id: &str) -> Value {
     json!({"id": id, "metadata": {"repo_name": "app"}})
-}
-
-fn out_dir(env: &Env) -> PathBuf {
-    let dir = env.path().join("out");
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// What the runner recorded for `task`'s attempt `n` (`what`: pwd, context, port…), if it did.
@@ -136,7 +96,7 @@ fn attempts_json(env: &Env, task: &str) -> Vec<Value> {
 #[test]
 fn a_retried_attempt_sees_its_predecessors_ref_with_the_uncommitted_file_in_it() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     // Two slots: the retry gets the other, never-used one, so the ref must be shared.
     configure(&env, 1, &origin, 2, "", &[("FAIL_FIRST", "1".into())]);
     env.taskset("s", &[app_task("t")]);
@@ -212,7 +172,7 @@ fn a_retried_attempt_sees_its_predecessors_ref_with_the_uncommitted_file_in_it()
 #[test]
 fn attempts_of_a_missing_task_is_an_error_naming_it() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     configure(&env, 1, &origin, 1, "", &[]);
     env.taskset("s", &[app_task("t")]);
     for task in ["s/nope", "nospec/t"] {
@@ -236,7 +196,7 @@ fn attempts_of_a_missing_task_is_an_error_naming_it() {
 #[test]
 fn setup_failure_is_an_infra_failure() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     let setup = runner("setup.sh");
     let extra = format!("setup = [{}, \"fail\"]\n", toml_str(&setup));
     configure(&env, 1, &origin, 1, &extra, &[]);
@@ -277,7 +237,7 @@ fn setup_failure_is_an_infra_failure() {
 #[test]
 fn setup_runs_before_the_runner_and_copy_files_come_from_the_main_checkout() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     fs::write(origin.join(".env"), "SECRET=from-main\n").unwrap();
     let extra = format!(
         "setup = [{}, \"ok\"]\nsetup_timeout = \"1m\"\ncopy_files = [\".env\"]\n",
@@ -319,7 +279,7 @@ fn setup_runs_before_the_runner_and_copy_files_come_from_the_main_checkout() {
 #[test]
 fn a_missing_copy_file_is_an_infra_failure_naming_it() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     configure(&env, 1, &origin, 1, "copy_files = [\".env\"]\n", &[]);
     env.taskset("s", &[app_task("t")]);
 
@@ -338,7 +298,7 @@ fn a_missing_copy_file_is_an_infra_failure_naming_it() {
 #[test]
 fn two_tasks_in_two_slots_get_different_port_bases() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     configure(
         &env,
         2,
@@ -369,7 +329,7 @@ fn two_tasks_in_two_slots_get_different_port_bases() {
 #[test]
 fn a_setup_past_its_timeout_is_killed_as_an_infra_failure() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     let setup = runner("setup.sh");
     let extra = format!(
         "setup = [{}, \"hang\"]\nsetup_timeout = \"300ms\"\n",
@@ -393,7 +353,7 @@ fn a_setup_past_its_timeout_is_killed_as_an_infra_failure() {
 #[test]
 fn a_drain_during_setup_stops_it_and_the_attempt_is_not_counted() {
     let env = Env::new();
-    let origin = make_origin(&env);
+    let origin = make_origin(&env, "app", IGNORED_ENV);
     let extra = format!("setup = [{}, \"hang\"]\n", toml_str(&runner("setup.sh")));
     configure(&env, 1, &origin, 1, &extra, &[]);
     env.taskset("s", &[app_task("t")]);

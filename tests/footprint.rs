@@ -25,33 +25,56 @@ struct Setup {
 
 impl Setup {
     fn new(max: usize, extra: &str) -> Setup {
-        let env = Env::new();
+        let command = cmd("hold.sh", &["{task_id}", "work"]);
+        Setup::with(Env::new(), "", max, &command, &[], extra)
+    }
+
+    /// `env` configured with a pool `work` of `max` runners of `command` with the ledger, the
+    /// gates' directory and `more_vars` in their environment; `dispatcher` lines go in
+    /// `[dispatcher]`, `extra` after `[skill_mapping]`.
+    fn with(
+        env: Env,
+        dispatcher: &str,
+        max: usize,
+        command: &[String],
+        more_vars: &[(&str, String)],
+        extra: &str,
+    ) -> Setup {
         let ledger = env.path().join("ledger");
-        let out = env.path().join("out");
-        fs::create_dir_all(&out).unwrap();
-        let vars = [
+        let out = out_dir(&env);
+        let mut vars = vec![
             ("LEDGER", ledger.display().to_string()),
             ("OUT_DIR", out.display().to_string()),
         ];
+        vars.extend(more_vars.iter().cloned());
         env.config(
-            "",
+            dispatcher,
             &format!(
                 "{}{}{extra}",
-                pool(
-                    "work",
-                    max,
-                    &cmd("hold.sh", &["{task_id}", "work"]),
-                    &vars,
-                    ""
-                ),
+                pool("work", max, command, &vars, ""),
                 default_to("work"),
             ),
         );
         Setup { env, ledger, out }
     }
 
+    /// Writes `tasks` as the taskset `s` and starts `run --until-idle` on the workspace.
+    fn start(&self, tasks: &[Value]) -> Run {
+        self.env.taskset("s", tasks);
+        self.env.spawn_run(&["--until-idle"])
+    }
+
     fn open_gate(&self, task: &str) {
         fs::write(self.out.join(format!("gate-{task}")), "").unwrap();
+    }
+
+    /// Opens the gates of `tasks`, then waits for `run` to end and asserts it exited 0.
+    fn open_gates_and_finish(&self, run: &mut Run, tasks: &[&str]) {
+        for task in tasks {
+            self.open_gate(task);
+        }
+        let status = run.wait(DEADLINE);
+        assert_exit(status, 0, &run.stderr());
     }
 
     fn marks(&self) -> Vec<Mark> {
@@ -64,22 +87,36 @@ impl Setup {
 
     /// `(start, end)` of the one run of `task`.
     fn span(&self, task: &str) -> (u128, u128) {
-        let marks = self.marks();
-        let of = |start: bool| {
-            let found: Vec<u128> = marks
-                .iter()
-                .filter(|m| m.task == task && m.start == start)
-                .map(|m| m.ns)
-                .collect();
-            assert_eq!(found.len(), 1, "{task} ran exactly once: {marks:?}");
-            found[0]
-        };
-        (of(true), of(false))
+        span(&self.marks(), task)
+    }
+
+    /// Waits until a task is reported waiting for a footprint or `task` starts, then asserts
+    /// that `task` did not start beside `running`. Either outcome ends the wait, so a broken
+    /// rule fails at once, not at the deadline.
+    fn assert_held_back(&self, task: &str, running: &str) {
+        wait_for(
+            &format!("{task} to be reported waiting, or to start"),
+            || !waiting_for_footprint(&self.env).is_empty() || self.started(task),
+        );
+        assert!(
+            !self.started(task),
+            "{task} started beside {running}: {:?}",
+            self.marks()
+        );
     }
 }
 
 fn task(id: &str, priority: i64, metadata: &Value) -> Value {
     json!({"id": id, "priority": priority, "metadata": metadata})
+}
+
+/// A task of repository `app` that touches `touches`.
+fn app_task(id: &str, priority: i64, touches: &[&str]) -> Value {
+    task(
+        id,
+        priority,
+        &json!({"repo_name": "app", "touches": touches}),
+    )
 }
 
 fn overlapped(a: (u128, u128), b: (u128, u128)) -> bool {
@@ -97,44 +134,21 @@ fn waiting_for_footprint(env: &Env) -> Vec<Value> {
 fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_them() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task(
-                "A",
-                9,
-                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
-            ),
-            task(
-                "B",
-                8,
-                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
-            ),
-            task("C", 7, &json!({"repo_name": "app", "touches": ["docs/**"]})),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("A", 9, &["src/auth/**"]),
+        app_task("B", 8, &["src/auth/login.rs"]),
+        app_task("C", 7, &["docs/**"]),
+    ]);
     // A and C start at once; B, behind A in line, is passed over and C is not held up.
     wait_for("A and C to start", || {
         setup.started("A") && setup.started("C")
     });
-    // Either outcome ends the wait, so a broken rule fails at once, not at the deadline.
-    wait_for("B to be reported waiting, or to start", || {
-        !waiting_for_footprint(env).is_empty() || setup.started("B")
-    });
-    assert!(
-        !setup.started("B"),
-        "B started beside A: {:?}",
-        setup.marks()
-    );
+    setup.assert_held_back("B", "A");
     assert_eq!(env.state_of("s", "B"), "ready");
 
     setup.open_gate("A");
     wait_for("B to start after A", || setup.started("B"));
-    setup.open_gate("B");
-    setup.open_gate("C");
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    setup.open_gates_and_finish(&mut run, &["B", "C"]);
 
     let (a, b, c) = (setup.span("A"), setup.span("B"), setup.span("C"));
     assert!(!overlapped(a, b), "A and B overlapped: {:?}", setup.marks());
@@ -149,32 +163,12 @@ fn two_overlapping_tasks_never_overlap_in_time_while_a_disjoint_one_runs_beside_
 fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
     let setup = Setup::new(3, "[metrics]\ntextfile = \"metrics.prom\"\n");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task(
-                "A",
-                9,
-                &json!({"repo_name": "app", "touches": ["src/auth/**", "README.md"]}),
-            ),
-            task(
-                "B",
-                8,
-                &json!({"repo_name": "app", "touches": ["src/auth/login.rs"]}),
-            ),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("A", 9, &["src/auth/**", "README.md"]),
+        app_task("B", 8, &["src/auth/login.rs"]),
+    ]);
     wait_for("A to start", || setup.started("A"));
-    // Either outcome ends the wait, so a broken rule fails at once, not at the deadline.
-    wait_for("B to be reported waiting, or to start", || {
-        !waiting_for_footprint(env).is_empty() || setup.started("B")
-    });
-    assert!(
-        !setup.started("B"),
-        "B started beside A: {:?}",
-        setup.marks()
-    );
+    setup.assert_held_back("B", "A");
     let waiting = waiting_for_footprint(env);
     assert_eq!(
         waiting,
@@ -196,10 +190,7 @@ fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
             .any(|l| l == "dispatcher_waiting_for_footprint 1")
     });
 
-    setup.open_gate("A");
-    setup.open_gate("B");
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    setup.open_gates_and_finish(&mut run, &["A", "B"]);
     assert!(setup.span("A").1 < setup.span("B").0, "{:?}", setup.marks());
     // Logged once per wait, not on every turn it went on.
     let log = run.stderr();
@@ -222,13 +213,6 @@ fn status_shows_the_waiting_task_with_the_task_it_waits_for() {
 fn different_repositories_never_conflict() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
-            task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
-        ],
-    );
     // A second spec, same repository as "one": specs do not matter, repositories do.
     env.taskset(
         "t",
@@ -238,7 +222,10 @@ fn different_repositories_never_conflict() {
             &json!({"repo_name": "one", "touches": ["src/x.rs"]}),
         )],
     );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        task("one", 9, &json!({"repo_name": "one", "touches": ["**"]})),
+        task("two", 8, &json!({"repo_name": "two", "touches": ["**"]})),
+    ]);
     wait_for("both repositories' tasks to run", || {
         setup.started("one") && setup.started("two")
     });
@@ -250,11 +237,7 @@ fn different_repositories_never_conflict() {
                 .any(|w| w["task_id"] == "same" && w["conflicts_with"]["task_id"] == "one")
     });
     assert!(!setup.started("same"));
-    for id in ["one", "two", "same"] {
-        setup.open_gate(id);
-    }
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    setup.open_gates_and_finish(&mut run, &["one", "two", "same"]);
     assert!(overlapped(setup.span("one"), setup.span("two")));
     assert!(setup.span("one").1 < setup.span("same").0);
 }
@@ -263,49 +246,33 @@ fn different_repositories_never_conflict() {
 fn tasks_without_touches_or_without_a_repository_are_unaffected() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
-            task("untouched", 8, &json!({"repo_name": "app"})),
-            task("nowhere", 7, &json!({"touches": ["**"]})),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("all", 9, &["**"]),
+        task("untouched", 8, &json!({"repo_name": "app"})),
+        task("nowhere", 7, &json!({"touches": ["**"]})),
+    ]);
     wait_for("all three to run at once", || {
         ["all", "untouched", "nowhere"]
             .iter()
             .all(|t| setup.started(t))
     });
     assert!(waiting_for_footprint(env).is_empty());
-    for id in ["all", "untouched", "nowhere"] {
-        setup.open_gate(id);
-    }
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    setup.open_gates_and_finish(&mut run, &["all", "untouched", "nowhere"]);
 }
 
 #[test]
 fn malformed_touches_are_reported_once_and_ignored() {
     let setup = Setup::new(3, "");
     let env = &setup.env;
-    env.taskset(
-        "s",
-        &[
-            task("all", 9, &json!({"repo_name": "app", "touches": ["**"]})),
-            task(
-                "absolute",
-                8,
-                &json!({"repo_name": "app", "touches": ["/etc/**"]}),
-            ),
-            task(
-                "string",
-                7,
-                &json!({"repo_name": "app", "touches": "src/**"}),
-            ),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
+    let mut run = setup.start(&[
+        app_task("all", 9, &["**"]),
+        app_task("absolute", 8, &["/etc/**"]),
+        task(
+            "string",
+            7,
+            &json!({"repo_name": "app", "touches": "src/**"}),
+        ),
+    ]);
     // Ignored footprints conflict with nobody: all three run beside the one touching "**".
     wait_for("all three to run at once", || {
         ["all", "absolute", "string"]
@@ -324,11 +291,7 @@ fn malformed_touches_are_reported_once_and_ignored() {
     );
     let human = String::from_utf8_lossy(&env.output(&["status"]).stdout).into_owned();
     assert!(human.contains("FOOTPRINTS IGNORED"), "{human}");
-    for id in ["all", "absolute", "string"] {
-        setup.open_gate(id);
-    }
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
+    setup.open_gates_and_finish(&mut run, &["all", "absolute", "string"]);
     let log = run.stderr();
     assert_eq!(
         log.matches("task s/absolute: metadata.touches[0]").count(),
@@ -337,85 +300,45 @@ fn malformed_touches_are_reported_once_and_ignored() {
     );
 }
 
-/// Runs git in `dir`; panics with its stderr unless it succeeds.
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=Footprint Test",
-            "-c",
-            "user.email=fp@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_footprint_is_learned_from_the_patch_of_an_earlier_attempt() {
     let env = Env::new();
-    let origin = env.path().join("app-origin");
-    fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
-    fs::write(origin.join("README.md"), "app\n").unwrap();
-    git(&origin, &["add", "--all"]);
-    git(&origin, &["commit", "--quiet", "-m", "initial"]);
-    let ledger_path = env.path().join("ledger");
-    let out = env.path().join("out");
-    fs::create_dir_all(&out).unwrap();
-    let vars = [
-        ("LEDGER", ledger_path.display().to_string()),
-        ("OUT_DIR", out.display().to_string()),
-        ("FAIL_FIRST", "L".to_string()),
-        ("TOUCH", "src/auth/login.rs".to_string()),
-    ];
-    env.config(
-        "learn_footprints = true",
-        &format!(
-            "[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n{}{}\
-             [repo_pool]\ndir = \"workspaces\"\n\n[[repo_pool.repos]]\nname = \"app\"\n\
-             url = {}\nslots = 2\nbase_branch = \"main\"\n",
-            pool("work", 2, &cmd("learn.sh", &["{task_id}"]), &vars, ""),
-            default_to("work"),
-            toml_str(&origin.display().to_string()),
-        ),
+    let origin = make_origin(&env, "app", &[]);
+    let repo_pool = format!(
+        "\n[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n\
+         [repo_pool]\ndir = \"workspaces\"\n\n[[repo_pool.repos]]\nname = \"app\"\n\
+         url = {}\nslots = 2\nbase_branch = \"main\"\n",
+        toml_str(&origin.display().to_string()),
     );
+    let setup = Setup::with(
+        env,
+        "learn_footprints = true",
+        2,
+        &cmd("learn.sh", &["{task_id}"]),
+        &[
+            ("FAIL_FIRST", "L".to_string()),
+            ("TOUCH", "src/auth/login.rs".to_string()),
+        ],
+        &repo_pool,
+    );
+    let env = &setup.env;
     // L declares nothing; its first attempt changes src/auth/login.rs and fails. A touches
     // src/auth/** and holds its slot until the test lets it go.
-    env.taskset(
-        "s",
-        &[
-            task("L", 9, &json!({"repo_name": "app"})),
-            task(
-                "A",
-                8,
-                &json!({"repo_name": "app", "touches": ["src/auth/**"]}),
-            ),
-        ],
-    );
-    let mut run = env.spawn_run(&["--until-idle"]);
-    let started = |task: &str| {
-        ledger(&ledger_path)
-            .iter()
-            .any(|m| m.start && m.task == task)
-    };
-    wait_for("A to run", || started("A"));
+    let mut run = setup.start(&[
+        task("L", 9, &json!({"repo_name": "app"})),
+        app_task("A", 8, &["src/auth/**"]),
+    ]);
+    wait_for("A to run", || setup.started("A"));
     // L's retry now has the footprint its first patch names, which overlaps A's.
     wait_for("L to wait for A, or to start", || {
-        started("L")
-            || waiting_for_footprint(&env).iter().any(|w| {
+        setup.started("L")
+            || waiting_for_footprint(env).iter().any(|w| {
                 w["task_id"] == "L"
                     && w["conflicts_with"]["task_id"] == "A"
                     && w["paths"] == json!(["src/auth/login.rs"])
             })
     });
-    assert!(!started("L"), "L ran beside A: {:?}", ledger(&ledger_path));
+    assert!(!setup.started("L"), "L ran beside A: {:?}", setup.marks());
     let artifacts = env.task("s", "L")["artifacts"].clone();
     assert_eq!(
         artifacts[0]["metadata"]["paths"],
@@ -423,11 +346,9 @@ fn a_footprint_is_learned_from_the_patch_of_an_earlier_attempt() {
         "{artifacts}"
     );
 
-    fs::write(out.join("gate-A"), "").unwrap();
-    fs::write(out.join("gate-L"), "").unwrap();
-    let status = run.wait(DEADLINE);
-    assert_eq!(status.code(), Some(0), "log:\n{}", run.stderr());
-    let marks = ledger(&ledger_path);
+    setup.open_gates_and_finish(&mut run, &["A", "L"]);
+    // L ran twice (its first attempt failed), so its first start is the one to compare.
+    let marks = setup.marks();
     let end_a = marks.iter().find(|m| !m.start && m.task == "A").unwrap().ns;
     let start_l = marks.iter().find(|m| m.start && m.task == "L").unwrap().ns;
     assert!(end_a < start_l, "{marks:?}");

@@ -17,6 +17,7 @@ use dispatcher::config::EngineSettings;
 use dispatcher::engine::kubernetes::manifest;
 use dispatcher::engine::Submission;
 use serde_json::{json, Value};
+use support::engine_tests::Engine;
 use support::standin::Standin;
 use support::*;
 
@@ -413,50 +414,20 @@ fn quantity_ok(text: &str) -> bool {
 /// `engine::kubernetes` on why secrets of Kubernetes pools belong in Secrets).
 const TOKEN: &str = "k8s-visible-token";
 
-fn out_dir(env: &Env) -> PathBuf {
-    let dir = env.path().join("out");
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// One kubernetes pool `kube` (context `test-cluster`, namespace `ci`) running `command`
-/// with `pool_extra` keys, tasks routed to it by default, `max_attempts` attempts, then
-/// `extra` (right after `[skill_mapping]`).
-fn kube_config(env: &Env, max_attempts: u32, command: &[String], pool_extra: &str, extra: &str) {
-    let out = out_dir(env);
-    env.config(
-        "stop_grace_period = \"1s\"",
-        &format!(
-            "[retry]\nmax_attempts = {max_attempts}\ninitial_delay = \"100ms\"\n\n{}{}{extra}",
-            typed_pool(
-                "kubernetes",
-                "kube",
-                2,
-                command,
-                &[
-                    ("OUT_DIR", out.display().to_string()),
-                    ("LEDGER", env.path().join("ledger").display().to_string()),
-                    ("API_TOKEN", TOKEN.to_string()),
-                ],
-                &format!(
-                    "image = \"registry.example/agent:1\"\nnamespace = \"ci\"\n\
-                     context = \"test-cluster\"\nengine_poll_interval = \"100ms\"\n{pool_extra}"
-                ),
-            ),
-            default_to("kube"),
-        ),
-    );
-}
-
-fn attempts(task: &Value) -> u64 {
-    task["metadata"]["dispatcher"]["attempts"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-fn assert_exit(status: std::process::ExitStatus, code: i32, log: &str) {
-    assert_eq!(status.code(), Some(code), "dispatcher log:\n{log}");
-}
+/// The kubernetes pool `kube` of these tests: context `test-cluster`, namespace `ci`.
+const KUBE: Engine = Engine {
+    kind: "kubernetes",
+    pool: "kube",
+    keys: "image = \"registry.example/agent:1\"\nnamespace = \"ci\"\n\
+           context = \"test-cluster\"\n",
+    token: TOKEN,
+    noun: "job",
+    start: &["create"],
+    only_id: |standin| only_job(standin).0,
+    // `kubectl --context=… --namespace=… logs --follow --pod-running-timeout=24h --since=… job/NAME`
+    since_at: 6,
+    log_target: |name| format!("job/{name}"),
+};
 
 /// The Jobs the stand-in was given, by name.
 fn jobs(standin: &Standin) -> BTreeMap<String, PathBuf> {
@@ -481,26 +452,9 @@ fn only_job(standin: &Standin) -> (String, PathBuf) {
 
 #[test]
 fn a_task_runs_as_a_job_whose_manifest_carries_its_labels_resources_and_env() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    kube_config(&env, 2, &cmd("args.sh", &["{task_id}"]), "", "");
-    env.taskset(
-        "web",
-        &[json!({"id": "t1", "metadata": {"resources": {"cpu": 0.5, "memory_mb": 256}}})],
-    );
-
-    let (status, log) = env.run_until_idle();
-    assert_exit(status, 0, &log);
-    assert_eq!(env.state_of("web", "t1"), "done");
-
-    let started = env.events_of_type("web", "RunnerStarted");
-    assert_eq!(started.len(), 1, "{started:?}");
-    let runner_id = started[0]["details"]["runner_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (name, dir) = only_job(&standin);
-    assert_eq!(started[0]["details"]["engine_id"], name.as_str());
+    let (case, runner_id, _) = KUBE.run_t1_with_resources();
+    let standin = &case.standin;
+    let (_, dir) = only_job(standin);
 
     let creates = standin.calls_of(&["create"]);
     assert_eq!(
@@ -566,11 +520,7 @@ fn a_task_runs_as_a_job_whose_manifest_carries_its_labels_resources_and_env() {
     );
     assert_eq!(env_value("RUNNER_ID"), Some(json!(runner_id)));
     // The runner ran with that environment and its task id as argument.
-    let out = env.path().join("out");
-    let seen = fs::read_to_string(out.join(format!("{runner_id}.env"))).unwrap();
-    assert!(seen.contains(&format!("API_TOKEN={TOKEN}")), "{seen}");
-    let args = fs::read_to_string(out.join(format!("{runner_id}.args"))).unwrap();
-    assert_eq!(args, "t1\n");
+    case.assert_runner_got_the_token_and_t1(&KUBE, &runner_id);
     // Every call names the pool's context and namespace first.
     for call in standin.calls() {
         assert_eq!(
@@ -598,7 +548,7 @@ fn a_manifest_template_file_keeps_its_service_account_and_env_from() {
         .to_string(),
     )
     .unwrap();
-    kube_config(
+    KUBE.config(
         &env,
         1,
         &cmd("args.sh", &["{task_id}"]),
@@ -630,52 +580,25 @@ fn a_manifest_template_file_keeps_its_service_account_and_env_from() {
 
 #[test]
 fn a_failing_pod_exit_code_is_a_failed_attempt_and_is_retried() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    kube_config(&env, 2, &cmd("flaky.sh", &[]), "", "");
-    env.taskset("web", &[json!({"id": "flaky"})]);
-
-    let (status, log) = env.run_until_idle();
-    assert_exit(status, 0, &log);
-    let task = env.task("web", "flaky");
-    assert_eq!(task["state"], "done");
-    assert_eq!(attempts(&task), 2);
-    let retry = env.events_of_type("web", "TaskRetryScheduled");
-    assert_eq!(retry.len(), 1, "{retry:?}");
-    assert_eq!(retry[0]["details"]["exit_code"], 5);
-    assert_eq!(retry[0]["details"]["error"], "exited with code 5");
-    assert_eq!(jobs(&standin).len(), 2);
-    assert!(!standin
+    let case = KUBE.a_failing_exit_code_is_retried();
+    assert_eq!(jobs(&case.standin).len(), 2);
+    assert!(!case
+        .standin
         .calls_of(&["get", "pods", "-o", "json", "-l"])
         .is_empty());
 }
 
 #[test]
 fn the_execution_timeout_deletes_the_job_and_counts_as_timed_out() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
     // A Job controller that has not enforced activeDeadlineSeconds yet: the dispatcher's
     // own clock ends the attempt.
-    standin.set("no-deadlines");
-    kube_config(&env, 1, &cmd("hang.sh", &[]), "timeout = \"1s\"", "");
-    env.taskset("web", &[json!({"id": "slow"})]);
-
-    let (status, log) = env.run_until_idle();
-    assert_exit(status, 3, &log);
-    let task = env.task("web", "slow");
-    assert_eq!(task["state"], "failed");
-    assert_eq!(
-        task["metadata"]["dispatcher"]["last_error"],
-        "execution timeout exceeded"
-    );
-    let timed_out = env.events_of_type("web", "RunnerTimedOut");
-    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
-    let (name, dir) = only_job(&standin);
+    let case = KUBE.a_hanging_runner_times_out(&["no-deadlines"]);
+    let (name, dir) = only_job(&case.standin);
     assert_eq!(
         Standin::read(&dir, "manifest.json")["spec"]["activeDeadlineSeconds"],
         1
     );
-    let deletes = standin.calls_of(&["delete"]);
+    let deletes = case.standin.calls_of(&["delete"]);
     assert_eq!(
         deletes,
         [vec![
@@ -694,22 +617,9 @@ fn the_execution_timeout_deletes_the_job_and_counts_as_timed_out() {
 
 #[test]
 fn pod_output_reaches_the_attempt_log() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    let command: Vec<String> = ["sh", "-c", "echo to-stdout; echo to-stderr >&2"]
-        .map(String::from)
-        .to_vec();
-    kube_config(&env, 1, &command, "", "");
-    env.taskset("web", &[json!({"id": "talk"})]);
-
-    let (status, log) = env.run_until_idle();
-    assert_exit(status, 0, &log);
-    let text = fs::read_to_string(env.state().join("logs/web/talk/attempt-1.log")).unwrap();
-    assert!(text.starts_with("# dispatcher: runner "), "{text}");
-    assert!(text.contains("\nto-stdout\n"), "{text}");
-    assert!(text.contains("to-stderr\n"), "{text}");
-    let (name, _) = only_job(&standin);
-    let follows = standin.calls_of(&["logs"]);
+    let case = KUBE.output_reaches_the_attempt_log(1);
+    let (name, _) = only_job(&case.standin);
+    let follows = case.standin.calls_of(&["logs"]);
     assert_eq!(
         follows,
         [vec![
@@ -726,84 +636,17 @@ fn pod_output_reaches_the_attempt_log() {
 
 #[test]
 fn status_json_shows_the_job_name_of_a_running_runner() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    kube_config(&env, 1, &cmd("gated.sh", &["{task_id}"]), "", "");
-    env.taskset("web", &[json!({"id": "held"})]);
-    let out = env.path().join("out");
-
-    let mut run = env.spawn_run(&["--until-idle"]);
-    wait_for("the runner to start", || out.join("held.pid").exists());
-    let (name, _) = only_job(&standin);
-    wait_for("status to show the job name", || {
-        status_json(&env)["running"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["task_id"] == "held" && r["engine_id"] == name.as_str())
-    });
-    fs::write(out.join("gate-held"), "").unwrap();
-    let status = run.wait(DEADLINE);
-    assert_exit(status, 0, &run.stderr());
-    assert_eq!(env.state_of("web", "held"), "done");
+    KUBE.status_json_shows_the_engine_id(1);
 }
 
 #[test]
 fn an_unreachable_cluster_takes_no_tasks_while_a_local_pool_runs_its_own() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    standin.set("unreachable");
-    let local = pool(
-        "local",
+    let (_case, mut run) = KUBE.a_silent_engine_takes_no_tasks_while_a_local_pool_runs(
+        "unreachable",
+        "The connection to the server",
         1,
-        &["sh".to_string(), "-c".to_string(), "exit 0".to_string()],
-        &[],
-        "",
     );
-    kube_config(
-        &env,
-        1,
-        &cmd("args.sh", &["{task_id}"]),
-        "",
-        // `extra` follows the `[skill_mapping]` table: its first line is a skill route.
-        &format!("local = [\"local\"]\n\n{local}"),
-    );
-    env.taskset(
-        "web",
-        &[
-            json!({"id": "clustered"}),
-            json!({"id": "here", "required_skill": "local"}),
-        ],
-    );
-
-    let mut run = env.spawn_run(&[]);
-    wait_for("the local task to be done", || {
-        env.state_of("web", "here") == "done"
-    });
-    wait_for("status to report the engine error", || {
-        status_json(&env)["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| {
-                p["name"] == "kube"
-                    && p["engine_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("The connection to the server"))
-            })
-    });
-    wait_for("the dispatcher log to name the pool's engine", || {
-        run.stderr()
-            .contains("pool kube: its engine does not answer, so the pool takes no tasks")
-    });
-    assert_eq!(env.state_of("web", "clustered"), "ready");
-    assert!(
-        standin.calls_of(&["create"]).is_empty(),
-        "{:?}",
-        standin.calls()
-    );
-    run.signal(libc::SIGTERM);
-    run.wait(DEADLINE);
+    run.terminate();
 }
 
 #[test]
@@ -811,7 +654,7 @@ fn a_user_who_may_not_create_jobs_is_reported_as_the_pools_engine_error() {
     let env = Env::new();
     let standin = Standin::install(&env);
     standin.set("forbidden");
-    kube_config(&env, 1, &cmd("args.sh", &["{task_id}"]), "", "");
+    KUBE.config(&env, 1, &cmd("args.sh", &["{task_id}"]), "", "");
     env.taskset("web", &[json!({"id": "t1"})]);
 
     let mut run = env.spawn_run(&[]);
@@ -828,57 +671,12 @@ fn a_user_who_may_not_create_jobs_is_reported_as_the_pools_engine_error() {
     });
     assert_eq!(env.state_of("web", "t1"), "ready");
     assert!(standin.calls_of(&["create"]).is_empty());
-    run.signal(libc::SIGTERM);
-    run.wait(DEADLINE);
+    run.terminate();
 }
 
 #[test]
 fn a_job_outlives_a_sigkilled_dispatcher_and_is_adopted_by_the_next() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    kube_config(&env, 2, &cmd("gated.sh", &["{task_id}"]), "", "");
-    env.taskset("web", &[json!({"id": "long"})]);
-    let out = env.path().join("out");
-
-    let mut first = env.spawn_run(&[]);
-    wait_for("the runner to start", || out.join("long.pid").exists());
-    let (name, _) = only_job(&standin);
-    wait_for("the job to be recorded", || {
-        !env.events_of_type("web", "RunnerStarted").is_empty()
-    });
-    first.signal(libc::SIGKILL);
-    first.wait(DEADLINE);
-    let pid: u32 = fs::read_to_string(out.join("long.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(pid_alive(pid), "the job died with its dispatcher");
-
-    let mut second = env.spawn_run(&["--until-idle"]);
-    wait_for("the runner to be adopted", || {
-        !env.events_of_type("web", "RunnerAdopted").is_empty()
-    });
-    fs::write(out.join("gate-long"), "").unwrap();
-    let status = second.wait(DEADLINE);
-    assert_exit(status, 0, &second.stderr());
-
-    let task = env.task("web", "long");
-    assert_eq!(task["state"], "done");
-    assert_eq!(attempts(&task), 1);
-    let adopted = env.events_of_type("web", "RunnerAdopted");
-    assert_eq!(adopted.len(), 1, "{adopted:?}");
-    assert_eq!(adopted[0]["details"]["engine_id"], name.as_str());
-    assert_eq!(standin.calls_of(&["create"]).len(), 1);
-    // The second dispatcher follows the output from where the attempt's log ends.
-    let follows = standin.calls_of(&["logs", "--follow"]);
-    assert_eq!(follows.len(), 2, "{follows:?}");
-    assert!(follows[1][6].starts_with("--since="), "{follows:?}");
-    assert_eq!(follows[1][7], format!("job/{name}"));
-    assert_eq!(
-        fs::read_to_string(env.path().join("ledger")).unwrap(),
-        "long 1\n"
-    );
+    KUBE.a_runner_outlives_a_sigkilled_dispatcher_and_is_adopted();
 }
 
 /// Regression: a Job the cluster ended at `activeDeadlineSeconds` (the pool's timeout) was
@@ -887,24 +685,12 @@ fn a_job_outlives_a_sigkilled_dispatcher_and_is_adopted_by_the_next() {
 /// passes before the dispatcher's own clock, counted from when it first saw the pod run.
 #[test]
 fn a_job_ended_at_its_active_deadline_counts_as_timed_out() {
-    let env = Env::new();
-    let standin = Standin::install(&env);
-    kube_config(&env, 1, &cmd("hang.sh", &[]), "timeout = \"1s\"", "");
-    env.taskset("web", &[json!({"id": "slow"})]);
-
-    let (status, log) = env.run_until_idle();
-    assert_exit(status, 3, &log);
-    let task = env.task("web", "slow");
-    assert_eq!(task["state"], "failed");
-    assert_eq!(
-        task["metadata"]["dispatcher"]["last_error"],
-        "execution timeout exceeded"
-    );
-    let timed_out = env.events_of_type("web", "RunnerTimedOut");
-    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    let case = KUBE.a_hanging_runner_times_out(&[]);
+    let standin = &case.standin;
+    let timed_out = case.env.events_of_type("web", "RunnerTimedOut");
     assert_eq!(timed_out[0]["details"]["reason"], "timed_out");
     // The cluster ended it: the dispatcher had nothing to delete.
-    let (_, dir) = only_job(&standin);
+    let (_, dir) = only_job(standin);
     assert!(
         dir.join("deadline").exists(),
         "the stand-in did not enforce the deadline"

@@ -24,13 +24,6 @@ fn marker(env: &Env) -> String {
     env.path().join("marker").display().to_string()
 }
 
-/// Where runners write their pids (`$OUT_DIR/pids`); created empty.
-fn out_dir(env: &Env) -> PathBuf {
-    let dir = env.path().join("out");
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn pids(env: &Env) -> Vec<u32> {
     fs::read_to_string(env.path().join("out/pids"))
         .unwrap_or_default()
@@ -52,35 +45,11 @@ fn start_order(marks: &[Mark]) -> Vec<String> {
         .collect()
 }
 
-/// `(start, end)` of the one run of `task` in the ledger.
-fn span(marks: &[Mark], task: &str) -> (u128, u128) {
-    let of = |start: bool| {
-        let found: Vec<u128> = marks
-            .iter()
-            .filter(|m| m.task == task && m.start == start)
-            .map(|m| m.ns)
-            .collect();
-        assert_eq!(found.len(), 1, "{task} ran exactly once: {marks:?}");
-        found[0]
-    };
-    (of(true), of(false))
-}
-
 /// The most runs that were between their "start" and "end" at the same moment, over the
 /// marks `keep` selects. A start and an end at the same nanosecond count as overlapping, so
 /// the measure errs on the high side.
 fn max_overlap(marks: &[Mark], keep: impl Fn(&Mark) -> bool) -> usize {
     max_concurrent(marks.iter().filter(|m| keep(m)).map(|m| (m.ns, m.start)))
-}
-
-fn status_json(env: &Env) -> Value {
-    let out = env.output(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
 
 fn meta(env: &Env, spec: &str, id: &str) -> Value {

@@ -12,46 +12,11 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use support::*;
 
 // ----- helpers -------------------------------------------------------------------------------
-
-/// Runs git in `dir` with an identity of its own, so commits work on a fresh machine.
-/// Panics with git's stderr unless it succeeds; returns stdout, trimmed.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Slot Test",
-            "-c",
-            "user.email=slots@example.com",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// An origin repository `<temp>/<name>-origin` with one commit on `main`.
-fn make_origin(env: &Env, name: &str) -> PathBuf {
-    let origin = env.path().join(format!("{name}-origin"));
-    fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
-    fs::write(origin.join("README.md"), format!("{name}\n")).unwrap();
-    git(&origin, &["add", "--all"]);
-    git(&origin, &["commit", "--quiet", "-m", "initial"]);
-    origin
-}
 
 /// One `[[repo_pool.repos]]` entry.
 struct Repo<'a> {
@@ -96,13 +61,6 @@ fn task(id: &str, repo: Option<&str>) -> Value {
         Some(repo) => json!({"id": id, "metadata": {"repo_name": repo}}),
         None => json!({"id": id}),
     }
-}
-
-/// Where the runners write their records; created empty.
-fn out_dir(env: &Env) -> PathBuf {
-    let dir = env.path().join("out");
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// One record of a runner (`pwd`, `branch`, `status`, `context`), trimmed.
@@ -249,7 +207,7 @@ fn assert_all_done(env: &Env, spec: &str) {
 fn concurrent_tasks_of_one_repo_get_distinct_slots_and_branches() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -296,7 +254,7 @@ fn concurrent_tasks_of_one_repo_get_distinct_slots_and_branches() {
 #[test]
 fn the_task_branch_keeps_the_runners_commit_after_the_run() {
     let env = Env::new();
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -333,7 +291,7 @@ fn the_task_branch_keeps_the_runners_commit_after_the_run() {
 #[test]
 fn changes_left_in_a_slot_are_gone_for_the_next_task_and_saved_as_a_patch() {
     let env = Env::new();
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -394,7 +352,7 @@ fn changes_left_in_a_slot_are_gone_for_the_next_task_and_saved_as_a_patch() {
 fn five_tasks_share_two_slots_and_wait_for_one_without_failing() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let ledger = env.path().join("ledger");
     let app = Repo {
         name: "app",
@@ -453,7 +411,7 @@ fn five_tasks_share_two_slots_and_wait_for_one_without_failing() {
 fn a_task_of_another_repo_runs_while_one_repos_slots_are_busy() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let (app_origin, lib_origin) = (make_origin(&env, "app"), make_origin(&env, "lib"));
+    let (app_origin, lib_origin) = (make_origin(&env, "app", &[]), make_origin(&env, "lib", &[]));
     let ledger = env.path().join("ledger");
     let repos = [
         Repo {
@@ -519,7 +477,7 @@ fn a_task_of_another_repo_runs_while_one_repos_slots_are_busy() {
 fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -566,7 +524,7 @@ fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
 #[test]
 fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart() {
     let env = Env::new();
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -613,7 +571,7 @@ fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart(
 fn a_restart_after_sigkill_frees_stale_slots() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -710,7 +668,7 @@ fn a_restart_after_sigkill_frees_stale_slots() {
 #[test]
 fn a_task_of_an_unconfigured_repo_runs_in_the_scratch_dir() {
     let env = Env::new();
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -747,7 +705,7 @@ fn a_task_of_an_unconfigured_repo_runs_in_the_scratch_dir() {
 fn a_runner_that_ended_while_the_dispatcher_was_down_gives_its_slot_back() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,
@@ -807,7 +765,7 @@ fn task_assigned_event_names_the_slot_and_branch() {
     // The dispatcher wrote `"assigned_slot": null` in every TaskAssigned event, slot or not,
     // where NecroCode's event names the slot and the branch the task was given.
     let env = Env::new();
-    let origin = make_origin(&env, "app");
+    let origin = make_origin(&env, "app", &[]);
     let app = Repo {
         name: "app",
         origin: &origin,

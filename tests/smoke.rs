@@ -37,35 +37,13 @@ fn dependent_tasks_run_to_done_and_exit_zero() {
     );
 }
 
-/// Runs git for test setup, with an identity of its own so that it works on a fresh machine.
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let status = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=Smoke",
-            "-c",
-            "user.email=smoke@example.com",
-            "-C",
-        ])
-        .arg(dir)
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
 #[test]
 fn slots_sync_creates_the_pool_and_slots_lists_it() {
     let env = Env::new();
-    let origin = env.path().join("origin");
-    std::fs::create_dir(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
-    std::fs::write(origin.join("README.md"), "hi\n").unwrap();
-    git(&origin, &["add", "README.md"]);
-    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    make_origin(&env, "demo", &[]);
     env.config(
         "",
-        "[repo_pool]\ndir = \"ws\"\n\n[[repo_pool.repos]]\nname = \"demo\"\nurl = \"origin\"\nslots = 2\n",
+        "[repo_pool]\ndir = \"ws\"\n\n[[repo_pool.repos]]\nname = \"demo\"\nurl = \"demo-origin\"\nslots = 2\n",
     );
 
     let out = env.output(&["slots", "sync"]);

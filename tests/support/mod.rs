@@ -2,6 +2,7 @@
 //! `dispatcher` binary run in it with a clean environment, and waits with deadlines.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod engine_tests;
 pub mod standin;
 
 use std::cell::RefCell;
@@ -267,6 +268,13 @@ impl Run {
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Asks the dispatcher to drain (SIGTERM) and waits for it, so that a test that ends a
+    /// long-running `run` leaves nothing behind.
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        self.wait(DEADLINE);
+    }
 }
 
 impl Drop for Run {
@@ -276,6 +284,63 @@ impl Drop for Run {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Asserts that a dispatcher exited with `code`, showing its `log` when it did not.
+pub fn assert_exit(status: ExitStatus, code: i32, log: &str) {
+    assert_eq!(status.code(), Some(code), "dispatcher log:\n{log}");
+}
+
+/// `<temp>/out`, created: where runner scripts write their records and look for gate files.
+pub fn out_dir(env: &Env) -> PathBuf {
+    let dir = env.path().join("out");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The attempts a task has used, from `metadata.dispatcher.attempts` (0 before the first).
+pub fn attempts(task: &Value) -> u64 {
+    task["metadata"]["dispatcher"]["attempts"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Runs git in `dir` with an identity of its own, so that commits work on a fresh machine.
+/// Panics with git's stderr unless it succeeds; returns stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Dispatcher Test",
+            "-c",
+            "user.email=tests@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An origin repository `<temp>/<name>-origin` with one commit on `main`: a `README.md`
+/// holding the name, plus `files` (`(path, content)`), for tests of slots and footprints.
+pub fn make_origin(env: &Env, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let origin = env.path().join(format!("{name}-origin"));
+    fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--initial-branch=main"]);
+    fs::write(origin.join("README.md"), format!("{name}\n")).unwrap();
+    for (path, content) in files {
+        fs::write(origin.join(path), content).unwrap();
+    }
+    git(&origin, &["add", "--all"]);
+    git(&origin, &["commit", "--quiet", "-m", "initial"]);
+    origin
 }
 
 /// Polls `condition` until it holds; panics with `what` past `DEADLINE`.
@@ -466,6 +531,20 @@ pub fn ledger(path: &Path) -> Vec<Mark> {
         .collect();
     marks.sort_by_key(|m| m.ns);
     marks
+}
+
+/// `(start, end)` of the one run of `task` in a ledger; panics unless it ran exactly once.
+pub fn span(marks: &[Mark], task: &str) -> (u128, u128) {
+    let of = |start: bool| {
+        let found: Vec<u128> = marks
+            .iter()
+            .filter(|m| m.task == task && m.start == start)
+            .map(|m| m.ns)
+            .collect();
+        assert_eq!(found.len(), 1, "{task} ran exactly once: {marks:?}");
+        found[0]
+    };
+    (of(true), of(false))
 }
 
 /// The most runs between their start and end at one moment, from `(ns, is_start)` points. A
