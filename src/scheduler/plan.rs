@@ -326,8 +326,9 @@ mod tests {
             }
         }
 
-        fn plan(&mut self, queue: &Queue) -> Vec<String> {
-            let result = plan(
+        /// The whole plan, for tests that look past the assignments.
+        fn full_plan(&mut self, queue: &Queue) -> Plan {
+            plan(
                 queue,
                 PlanInput {
                     loads: &mut self.loads,
@@ -338,8 +339,11 @@ mod tests {
                     starving_before: self.starving_before,
                     held: &mut self.held,
                 },
-            );
-            result
+            )
+        }
+
+        fn plan(&mut self, queue: &Queue) -> Vec<String> {
+            self.full_plan(queue)
                 .assignments
                 .into_iter()
                 .map(|(k, p)| format!("{}/{}@{p}", k.spec, k.id))
@@ -520,18 +524,8 @@ mod tests {
             cpu: 0.5,
             memory_mb: 256,
         };
-        let result = plan(
-            &q,
-            PlanInput {
-                loads: &mut world.loads,
-                free_slots: &mut world.free_slots,
-                global_free: 10,
-                spec_running: &mut world.spec_running,
-                weights: &world.weights,
-                starving_before: None,
-                held: &mut world.held,
-            },
-        );
+        world.global_free = 10;
+        let result = world.full_plan(&q);
         // big (3 CPU, 1 GiB) then two smalls (0.5 each): 4 CPUs, 1.5 GiB; a third would not fit.
         assert_eq!(result.assignments.len(), 3);
         assert!(result.quota_blocked.contains(&0));
@@ -568,18 +562,8 @@ mod tests {
         let mut world = World::new(&[(1, 8)]);
         let running = Arc::new(super::super::Footprint::new("r", &["src/auth/**"]).unwrap());
         world.held = [(Arc::from("r"), vec![(TaskKey::new("s", "auth"), running)])].into();
-        let result = plan(
-            &q,
-            PlanInput {
-                loads: &mut world.loads,
-                free_slots: &mut world.free_slots,
-                global_free: 10,
-                spec_running: &mut world.spec_running,
-                weights: &world.weights,
-                starving_before: None,
-                held: &mut world.held,
-            },
-        );
+        world.global_free = 10;
+        let result = world.full_plan(&q);
         let picked: Vec<&str> = result.assignments.iter().map(|(k, _)| &*k.id).collect();
         assert_eq!(picked, ["docs"]);
         assert_eq!(
