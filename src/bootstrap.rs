@@ -94,7 +94,7 @@ fn requested_stop(dir: &RunnerDir) -> StopReason {
 
 fn prepare(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Result<(), NoRunner> {
     for file in &record.copy_files {
-        copy(file).map_err(NoRunner::Infra)?;
+        copy(file, &record.cwd).map_err(NoRunner::Infra)?;
         eprintln!("# dispatcher-supervisor: copied {}", file.from.display());
     }
     if record.setup.is_empty() {
@@ -142,7 +142,7 @@ fn format_duration(duration: Duration) -> String {
     }
 }
 
-fn copy(file: &CopyFile) -> Result<(), String> {
+fn copy(file: &CopyFile, slot: &std::path::Path) -> Result<(), String> {
     let problem = |what: &str, err: io::Error| {
         format!("copy_files: cannot {what} {}: {err}", file.from.display())
     };
@@ -153,7 +153,32 @@ fn copy(file: &CopyFile) -> Result<(), String> {
     if let Some(parent) = file.to.parent() {
         fs::create_dir_all(parent).map_err(|err| problem("copy", err))?;
     }
-    fs::copy(&file.from, &file.to).map_err(|err| problem("copy", err))?;
+    // The slot holds what the repository and earlier attempts left: a symlink there (or in a
+    // parent) must not make the copy write outside the slot.
+    let mut at = file.to.as_path();
+    loop {
+        if fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "copy_files: {} is a symbolic link in the slot; not copying through it",
+                at.display()
+            ));
+        }
+        match at.parent() {
+            Some(parent) if parent.starts_with(slot) && parent != slot => at = parent,
+            _ => break,
+        }
+    }
+    let _ = fs::remove_file(&file.to);
+    let mut source = fs::File::open(&file.from).map_err(|err| problem("read", err))?;
+    let mut target = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file.to)
+        .map_err(|err| problem("copy", err))?;
+    io::copy(&mut source, &mut target).map_err(|err| problem("copy", err))?;
+    target
+        .set_permissions(meta.permissions())
+        .map_err(|err| problem("copy", err))?;
     Ok(())
 }
 
@@ -257,17 +282,37 @@ mod tests {
             from: dir.path().join("main/.env"),
             to: dir.path().join("slot/.env"),
         };
-        let err = copy(&file).unwrap_err();
+        let err = copy(&file, dir.path()).unwrap_err();
         assert!(err.starts_with("copy_files: cannot read "), "{err}");
         assert!(err.contains("main/.env"), "{err}");
         fs::create_dir_all(dir.path().join("main/sub")).unwrap();
         fs::write(dir.path().join("main/.env"), "A=1\n").unwrap();
-        copy(&file).unwrap();
+        copy(&file, dir.path()).unwrap();
         assert_eq!(fs::read_to_string(&file.to).unwrap(), "A=1\n");
         let not_a_file = CopyFile {
             from: dir.path().join("main/sub"),
             to: dir.path().join("slot/sub"),
         };
-        assert!(copy(&not_a_file).unwrap_err().contains("is not a file"));
+        assert!(copy(&not_a_file, dir.path())
+            .unwrap_err()
+            .contains("is not a file"));
+    }
+
+    #[test]
+    fn a_symlink_in_the_slot_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("slot");
+        fs::create_dir_all(&slot).unwrap();
+        fs::write(dir.path().join(".env"), "SECRET=1\n").unwrap();
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&outside, slot.join(".env")).unwrap();
+        let file = CopyFile {
+            from: dir.path().join(".env"),
+            to: slot.join(".env"),
+        };
+        let err = copy(&file, &slot).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep\n");
     }
 }

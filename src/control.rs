@@ -116,6 +116,8 @@ pub fn retry(
         }
         let mut meta = task.dispatcher_meta();
         meta.attempts = 0;
+        meta.infra_failures = 0;
+        meta.requeues = 0;
         meta.next_attempt_at = None;
         meta.last_error = None;
         meta.cancel_requested = false;

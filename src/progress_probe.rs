@@ -75,12 +75,26 @@ impl Drop for ProgressProbe {
 /// A value that changes when the directory's content does.
 pub fn fingerprint(dir: &Path) -> io::Result<u64> {
     let mut hasher = DefaultHasher::new();
+    // `--no-optional-locks`: `git status` would otherwise refresh the index under
+    // `index.lock`, failing the agent's own `git add` or `git commit` at that instant.
     let head = Git::new(dir)
-        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
+        .args([
+            "--no-optional-locks",
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "HEAD",
+        ])
         .timeout(GIT_TIMEOUT)
         .output();
     let status = Git::new(dir)
-        .args(["status", "--porcelain=v1", "-z", "--untracked-files=all"])
+        .args([
+            "--no-optional-locks",
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+        ])
         .timeout(GIT_TIMEOUT)
         .output();
     match status {

@@ -14,6 +14,9 @@ use crate::timefmt;
 
 /// The biggest result file read; a runner has no reason to write more.
 const MAX_RESULT_BYTES: u64 = 1 << 20;
+/// The latest a runner's `retry_after` may close its pool's breaker: one result file must not
+/// shut a pool for good.
+const MAX_RETRY_AFTER_SECS: i64 = 24 * 3600;
 /// How much of the heartbeat file's end is read for its last line.
 const BEAT_TAIL_BYTES: u64 = 4096;
 
@@ -142,6 +145,8 @@ fn parse_result(value: &Value) -> Result<RunnerResult, String> {
             ))
         }
     };
+    let latest = timefmt::now() + chrono::Duration::seconds(MAX_RETRY_AFTER_SECS);
+    let retry_after = retry_after.map(|at| at.min(latest));
     let message = value
         .get("message")
         .and_then(Value::as_str)

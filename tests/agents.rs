@@ -182,6 +182,28 @@ fn output_patterns_and_exit_code_75_classify_failures() {
 }
 
 #[test]
+fn a_later_silent_failure_is_not_classified_by_an_earlier_attempts_output() {
+    // The rate-limited attempt does not count, so the next one shares its log: its own plain
+    // failure must count, or the task would be retried for ever.
+    let env = Env::new();
+    agent_config(
+        &env,
+        1,
+        &[("MODE", "output"), ("THEN_FAIL", "1")],
+        "breaker_cooldown = \"100ms\"\n[agent_pools.agents.classify]\nrate_limited = [\"usage limit\"]",
+    );
+    env.taskset("s", &[json!({"id": "q"})]);
+    run_to_end(&env, 3);
+    let task = env.task("s", "q");
+    assert_eq!(task["state"], "failed");
+    let tries = history(&task);
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert_eq!(tries[0]["class"], "rate_limited");
+    assert!(tries[1]["class"].is_null(), "{tries:?}");
+    assert_eq!(tries[1]["counted"], true);
+}
+
+#[test]
 fn infra_failures_retry_without_counting_until_their_own_limit() {
     let env = Env::new();
     agent_config(
@@ -231,6 +253,10 @@ fn infra_failures_retry_without_counting_until_their_own_limit() {
     assert_eq!(history(&task).len(), 3, "two retries after the first");
     let error = meta(&task)["last_error"].as_str().unwrap();
     assert!(error.contains("infra: provider said no"), "{error}");
+    // `dispatcher retry` gives the task its infra retries back too.
+    let out = env.output(&["retry", "s/j"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(meta(&env.task("s", "j"))["infra_failures"].is_null());
 }
 
 #[test]

@@ -165,6 +165,12 @@ pub(super) fn decode(
     }
     if let Some(item) = table.get("ttl_after_finished") {
         settings.ttl_after_finished = item.duration()?;
+        // A finished Job is how its end is read: gone too soon, a success looks vanished.
+        if settings.ttl_after_finished < std::time::Duration::from_secs(600) {
+            return Err(item.problem(
+                "must be at least 10m: the dispatcher reads a Job's end from the Job, also after a restart",
+            ));
+        }
     }
     let needs_image = matches!(kind, PoolKind::Docker | PoolKind::Kubernetes);
     if needs_image && settings.image.is_none() {

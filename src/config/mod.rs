@@ -1032,6 +1032,18 @@ fn decode_pool(section: &Item<'_>, base_dir: &Path) -> Result<PoolConfig, Proble
     }
     let engine = engine::decode(&table, section, kind, base_dir)?;
     let agent = agent::decode_pool(&table)?;
+    // A container that does not share this machine's files changes nothing the probe can see,
+    // and cannot write the heartbeat file's progress values: it would always look stalled.
+    let blind =
+        matches!(kind, PoolKind::Docker | PoolKind::Kubernetes) && !engine.shared_workspaces;
+    if blind && agent.stall_timeout.is_some() {
+        let item = table
+            .get("stall_timeout")
+            .unwrap_or_else(|| section.clone());
+        return Err(item.problem(
+            "needs shared_workspaces = true: the dispatcher cannot see a remote container's progress",
+        ));
+    }
     Ok(PoolConfig {
         kind,
         max_concurrency,

@@ -85,7 +85,11 @@ impl Core {
                 return None;
             }
             let tail = runner_report::log_tail(&run.log_path, CLASSIFY_TAIL_BYTES);
-            classify.class_of(&tail)
+            // An attempt that did not count shares its log with the next one: only what this
+            // runner wrote (after its own header line) may classify its end.
+            let header = format!("# dispatcher: runner {} ", run.runner_id);
+            let own = tail.rfind(&header).map_or(tail.as_str(), |at| &tail[at..]);
+            classify.class_of(own)
         });
         if let Some(class) = class {
             exit.class = Some(class);

@@ -26,8 +26,9 @@ use crate::timefmt;
 /// Recorded spend of one taskset, by pool and by day.
 #[derive(Default)]
 pub(super) struct SpecSpend {
-    /// The taskset it was counted from (the same `Arc` means nothing changed).
-    source: usize,
+    /// The taskset it was counted from (the same `Arc` means nothing changed; holding it
+    /// keeps its address from being reused by a newer one).
+    source: Option<Arc<Taskset>>,
     by_day: HashMap<NaiveDate, Spend>,
     by_pool_day: HashMap<(String, NaiveDate), Spend>,
 }
@@ -35,7 +36,7 @@ pub(super) struct SpecSpend {
 impl SpecSpend {
     fn count(taskset: &Arc<Taskset>) -> SpecSpend {
         let mut spend = SpecSpend {
-            source: Arc::as_ptr(taskset) as usize,
+            source: Some(taskset.clone()),
             ..SpecSpend::default()
         };
         for task in &taskset.tasks {
@@ -189,11 +190,10 @@ impl Core {
             .filter_map(|(spec, state)| Some((spec.clone(), state.taskset.clone()?)))
             .collect();
         for (spec, taskset) in specs {
-            let source = Arc::as_ptr(&taskset) as usize;
             let cached = self
                 .spend_cache
                 .get(&spec)
-                .is_some_and(|c| c.source == source);
+                .is_some_and(|c| c.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, &taskset)));
             if !cached {
                 self.spend_cache
                     .insert(spec.clone(), SpecSpend::count(&taskset));

@@ -207,6 +207,10 @@ impl Core {
             };
             if let Some(task) = task.as_ref().filter(|_| pool_config.agent.budget.is_some()) {
                 if let Some(why) = self.pool_budget_refuses(pool, task) {
+                    // The planner counted a slot of its repository as taken: it is not.
+                    if let Some(repo) = self.repo_of(task) {
+                        *self.free_slots.entry(repo).or_insert(0) += 1;
+                    }
                     self.set_aside_for_budget(key, why);
                     continue;
                 }
@@ -681,9 +685,14 @@ fn apply_finish(
         task.state = TaskState::Ready;
         task.runner_id = None;
         Verdict::Interrupted
-    } else if let Some(class) = class.filter(|c| c.opens_breaker()) {
+    } else if let Some(class) = class
+        .filter(|c| c.opens_breaker())
+        .filter(|_| meta.requeues < retry.max_infra_retries)
+    {
         // The provider, not the task, failed: the breaker holds the pool back, and the task
-        // keeps its attempt and its place in line.
+        // keeps its attempt and its place in line — up to max_infra_retries times, so a runner
+        // that always says "rate limited" cannot run forever.
+        meta.requeues += 1;
         meta.attempts = meta.attempts.saturating_sub(1);
         meta.last_error = Some(exit.describe());
         meta.next_attempt_at = None;

@@ -46,6 +46,28 @@ impl Core {
                 retired.enabled = false;
                 config.agent_pools.insert(pool.name.clone(), retired);
             }
+            // Runners live in the engine they were started with: a pool that changes its
+            // type or its engine settings (namespace, partition …) keeps the old ones until
+            // its runners have ended, so that they are still watched and stopped where they run.
+            let (Some(before), Some(after)) = (
+                old.agent_pools.get(&pool.name),
+                config.agent_pools.get(&pool.name),
+            ) else {
+                continue;
+            };
+            let moved = before.kind != after.kind || before.engine != after.engine;
+            if pool.running > 0 && moved {
+                log::warn!(
+                    "reload: pool {} changes its type or engine settings while {} of its runners run; the change waits for a reload after they end",
+                    pool.name,
+                    pool.running
+                );
+                let mut kept = after.clone();
+                kept.kind = before.kind;
+                kept.engine = before.engine.clone();
+                kept.command.clone_from(&before.command);
+                config.agent_pools.insert(pool.name.clone(), kept);
+            }
         }
         let old_pools = std::mem::take(&mut self.pools);
         self.pools = config

@@ -109,7 +109,7 @@ pub fn job_name(runner_id: &str) -> String {
 /// A label value (at most 63 of `A-Za-z0-9._-`, alphanumeric at both ends); the exact value
 /// is kept in an annotation.
 fn label_value(text: &str) -> String {
-    let cleaned: String = text
+    let mut cleaned: String = text
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -118,8 +118,11 @@ fn label_value(text: &str) -> String {
                 '_'
             }
         })
-        .take(63)
         .collect();
+    if cleaned.len() > 63 {
+        // Keep the end, as job names do: a runner id's sequence number tells runners apart.
+        cleaned = cleaned[cleaned.len() - 63..].to_string();
+    }
     cleaned
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string()

@@ -171,9 +171,13 @@ fn spawn_follower(
     pool: &str,
     id: &str,
 ) -> Option<Child> {
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let err = log.try_clone().ok()?;
+    // Its own process group: a Ctrl-C in the dispatcher's terminal must not cut the copy of
+    // a job's output while the drain waits for the job.
     let child = command
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err))

@@ -82,7 +82,11 @@ impl Engine for Slurm {
         let mut sbatch = self.tool("sbatch").args([
             "--parsable".to_string(),
             format!("--job-name={}", job.runner_id),
-            format!("--output={}", job.log_path.display()),
+            // Slurm expands `%j`, `%x` … in file names; a `%` of a spec or task name is literal.
+            format!(
+                "--output={}",
+                job.log_path.display().to_string().replace('%', "%%")
+            ),
             "--open-mode=append".to_string(),
             format!("--export={}", names.join(",")),
         ]);

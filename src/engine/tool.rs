@@ -105,7 +105,10 @@ impl Tool {
             source,
         };
         let mut cmd = Command::new(&self.program);
+        // Untranslated messages for the parsing here, unless the runner's environment (which
+        // the tool exports to the job) sets its own locale.
         cmd.args(&self.args)
+            .env("LC_ALL", "C")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
@@ -115,8 +118,7 @@ impl Tool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own group, so a timeout also kills what the tool started (auth plugins).
-            .process_group(0)
-            .env("LC_ALL", "C");
+            .process_group(0);
         let mut child = cmd.spawn().map_err(spawn_error)?;
         let feeder = match (child.stdin.take(), self.stdin) {
             (Some(mut pipe), Some(bytes)) => Some(thread::spawn(move || {

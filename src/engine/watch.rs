@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{
-    read_engine_record, write_engine_record, Ending, Engine, EngineCommand, EngineRecord, JobState,
-    Submission,
+    read_engine_record, write_engine_record, Ending, Engine, EngineCommand, EngineError,
+    EngineRecord, JobState, Submission,
 };
 use crate::config::{Config, EngineSettings, PoolConfig, PoolKind};
 use crate::launcher::{self, LaunchSpec, Prepared};
@@ -46,6 +46,8 @@ struct Job {
     /// Why we are stopping it, once we asked; `stop_sent` once the engine took the request.
     stopping: Option<StopReason>,
     stop_sent: bool,
+    /// When the engine took the stop request: asked again if the job outlives it.
+    stop_sent_at: Option<Instant>,
     follower: Option<Child>,
 }
 
@@ -60,6 +62,10 @@ pub(super) struct Watcher {
     down: Option<String>,
     /// The last failure to read the jobs, so that a long outage is logged once.
     poll_error: Option<String>,
+    /// Stops that arrived before their job was submitted (launches come through the
+    /// launcher threads, stops straight from the core), and a drain's stop of everything.
+    early_stops: HashMap<String, StopReason>,
+    stopping_all: Option<StopReason>,
     next_check: Instant,
 }
 
@@ -79,6 +85,8 @@ impl Watcher {
             jobs: HashMap::new(),
             down: Some("not checked yet".into()),
             poll_error: None,
+            early_stops: HashMap::new(),
+            stopping_all: None,
             next_check: Instant::now(),
         }
     }
@@ -157,12 +165,16 @@ impl Watcher {
                 record,
             } => self.adopt(runner_id, dir, &record),
             EngineCommand::Stop { runner_id, reason } => {
-                if let Some(job) = self.jobs.get_mut(&runner_id) {
-                    request_stop(job, reason);
+                match self.jobs.get_mut(&runner_id) {
+                    Some(job) => request_stop(job, reason),
+                    None => {
+                        self.early_stops.insert(runner_id, reason);
+                    }
                 }
                 self.send_stops();
             }
             EngineCommand::StopAll { reason } => {
+                self.stopping_all = Some(reason);
                 for job in self.jobs.values_mut() {
                     request_stop(job, reason);
                 }
@@ -191,11 +203,23 @@ impl Watcher {
                 self.settings = pool.engine.clone();
             }
         }
-        if let Some(why) = &self.down {
-            self.send(failed(format!(
-                "pool {}: its engine does not answer: {why}",
-                self.pool
-            )));
+        let stopped = self
+            .early_stops
+            .remove(&spec.runner_id)
+            .or(self.stopping_all);
+        if let Some(reason) = stopped {
+            // Stopped before it was submitted: it never runs.
+            let mut exit = Exit::without_status(&spec.runner_id, String::new());
+            exit.error = None;
+            exit.stopped = Some(reason);
+            self.send(RunnerEvent::Exited(exit));
+            return;
+        }
+        if let Some(why) = self.down.clone() {
+            self.send(infra_end(
+                &spec.runner_id,
+                format!("pool {}: its engine does not answer: {why}", self.pool),
+            ));
             return;
         }
         let view = self.engine.view(&spec);
@@ -237,10 +261,10 @@ impl Watcher {
         };
         let id = match self.engine.submit(&submission) {
             Ok(id) => id,
-            Err(err) => {
-                self.send(failed(format!("pool {}: {err}", self.pool)));
-                return;
-            }
+            Err(err) => match self.after_failed_submit(&spec.runner_id, &err) {
+                Some(id) => id,
+                None => return,
+            },
         };
         let engine_record = EngineRecord {
             engine: pool.kind.as_str().to_string(),
@@ -279,6 +303,7 @@ impl Watcher {
                 seen: (0, None),
                 stopping: None,
                 stop_sent: false,
+                stop_sent_at: None,
                 follower,
             },
         );
@@ -303,8 +328,16 @@ impl Watcher {
             seen: (0, None),
             stopping: None,
             stop_sent: false,
+            stop_sent_at: None,
             follower: None,
         };
+        // The execution timeout counts from the submission, not from this adoption.
+        let submitted = read_engine_record(&job.dir).and_then(|r| timefmt::parse(&r.submitted_at));
+        if let Some(at) = submitted {
+            let age = (timefmt::now() - at).to_std().unwrap_or_default();
+            job.running_since = now.checked_sub(age);
+            job.submitted = job.running_since.unwrap_or(now);
+        }
         if let Some(id) = &job.id {
             if let Ok(log) = append_to(&job.log_path) {
                 let since = log.metadata().and_then(|m| m.modified()).ok();
@@ -371,6 +404,40 @@ impl Watcher {
         self.send_stops();
     }
 
+    /// A submission the engine refused or did not answer: the job may exist anyway (the
+    /// answer timed out after the engine took it), the engine may have gone away (an infra
+    /// failure; the pool is disabled until it answers again), or the job itself was refused.
+    fn after_failed_submit(&mut self, runner_id: &str, err: &EngineError) -> Option<String> {
+        if let Ok(Some(id)) = self.engine.find(runner_id) {
+            log::warn!(
+                "pool {}: submitting runner {runner_id} reported an error ({err}) but the engine runs it as {id}",
+                self.pool
+            );
+            return Some(id);
+        }
+        if let Err(down) = self.engine.check() {
+            let why = down.to_string();
+            log::error!(
+                "pool {}: its engine stopped answering, so the pool takes no tasks (asking again every {}s): {why}",
+                self.pool,
+                RECHECK_INTERVAL.as_secs()
+            );
+            self.down = Some(why.clone());
+            self.next_check = Instant::now() + RECHECK_INTERVAL;
+            self.send(RunnerEvent::PoolEngine {
+                pool: self.pool.clone(),
+                error: Some(why),
+            });
+            self.send(infra_end(runner_id, format!("pool {}: {err}", self.pool)));
+            return None;
+        }
+        self.send(RunnerEvent::LaunchFailed {
+            runner_id: runner_id.to_string(),
+            error: format!("pool {}: {err}", self.pool),
+        });
+        None
+    }
+
     /// Adopted runners whose `engine.json` was never written: look for their job by name.
     fn find_unknown_ids(&mut self) {
         let unknown: Vec<String> = self
@@ -385,6 +452,10 @@ impl Watcher {
                     log::info!("pool {}: runner {runner_id} is job {id}", self.pool);
                     if let Some(job) = self.jobs.get_mut(&runner_id) {
                         job.id = Some(id.clone());
+                        if let Ok(log) = append_to(&job.log_path) {
+                            let since = log.metadata().and_then(|m| m.modified()).ok();
+                            job.follower = self.engine.follow_logs(&id, log, since);
+                        }
                     }
                     self.send(RunnerEvent::Started {
                         runner_id,
@@ -420,6 +491,17 @@ impl Watcher {
         };
         let now = Instant::now();
         let since = *job.running_since.get_or_insert(now);
+        // A follower that died (a cut `kubectl logs` stream) is started again from now on.
+        let follower_gone = job
+            .follower
+            .as_mut()
+            .is_some_and(|f| matches!(f.try_wait(), Ok(Some(_))));
+        if follower_gone {
+            job.follower = None;
+            if let (Some(id), Ok(log)) = (job.id.clone(), append_to(&job.log_path)) {
+                job.follower = self.engine.follow_logs(&id, log, Some(SystemTime::now()));
+            }
+        }
         let seen = (
             std::fs::metadata(&job.log_path).map_or(0, |m| m.len()),
             std::fs::metadata(&job.heartbeat_path)
@@ -460,13 +542,24 @@ impl Watcher {
 
     /// Sends the stop requests the engine has not taken yet.
     fn send_stops(&mut self) {
+        let patience = self.settings.command_timeout;
         for job in self.jobs.values_mut() {
-            let (Some(_), false, Some(id)) = (job.stopping, job.stop_sent, job.id.as_deref())
-            else {
+            // Asked again when the job outlives its grace period and a command's time by far:
+            // the engine may have lost the request.
+            let overdue = job
+                .stop_sent_at
+                .is_some_and(|at| at.elapsed() > job.stop_grace + patience * 2);
+            let (Some(_), Some(id)) = (job.stopping, job.id.as_deref()) else {
                 continue;
             };
+            if job.stop_sent && !overdue {
+                continue;
+            }
             match self.engine.stop(id, job.stop_grace) {
-                Ok(()) => job.stop_sent = true,
+                Ok(()) => {
+                    job.stop_sent = true;
+                    job.stop_sent_at = Some(Instant::now());
+                }
                 Err(err) => log::warn!(
                     "pool {}: cannot stop job {id} of runner {} (trying again): {err}",
                     self.pool,
@@ -516,6 +609,14 @@ impl Watcher {
     }
 }
 
+/// The end of an attempt that never reached a job because the engine stopped answering: an
+/// `infra` failure, retried without counting against the task.
+fn infra_end(runner_id: &str, error: String) -> RunnerEvent {
+    let mut exit = Exit::without_status(runner_id, error);
+    exit.class = Some(crate::supervisor::FailureClass::Infra);
+    RunnerEvent::Exited(exit)
+}
+
 fn request_stop(job: &mut Job, reason: StopReason) {
     if job.stopping.is_none() {
         job.stopping = Some(reason);
@@ -560,4 +661,187 @@ fn wait_for_follower(follower: &mut Child) {
     }
     let _ = follower.kill();
     let _ = follower.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    //! The watcher against a scripted engine (no engine runs on the test machine): what it
+    //! does when a submission fails and when a stop comes before its job.
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::registry::Task;
+
+    /// An engine whose answers the test sets, recording what it was asked.
+    #[derive(Default)]
+    struct Scripted {
+        submit_fails: bool,
+        check_fails: bool,
+        found: Option<String>,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Engine for Scripted {
+        fn check(&self) -> Result<(), EngineError> {
+            self.calls.lock().unwrap().push("check".into());
+            if self.check_fails {
+                return Err(EngineError::Setup("cannot connect".into()));
+            }
+            Ok(())
+        }
+        fn view(&self, req: &LaunchSpec) -> launcher::RunnerView {
+            launcher::RunnerView::local(req)
+        }
+        fn submit(&self, _job: &Submission<'_>) -> Result<String, EngineError> {
+            self.calls.lock().unwrap().push("submit".into());
+            if self.submit_fails {
+                return Err(EngineError::Setup("submit timed out".into()));
+            }
+            Ok("42".into())
+        }
+        fn poll(&self, _ids: &[String]) -> Result<HashMap<String, JobState>, EngineError> {
+            Ok(HashMap::new())
+        }
+        fn final_state(&self, _id: &str) -> Result<Option<JobState>, EngineError> {
+            Ok(None)
+        }
+        fn stop(&self, _id: &str, _grace: Duration) -> Result<(), EngineError> {
+            Ok(())
+        }
+        fn find(&self, _runner_id: &str) -> Result<Option<String>, EngineError> {
+            self.calls.lock().unwrap().push("find".into());
+            Ok(self.found.clone())
+        }
+    }
+
+    struct Rig {
+        watcher: Watcher,
+        events: Receiver<RunnerEvent>,
+        config: Arc<Config>,
+        dir: tempfile::TempDir,
+    }
+
+    fn rig(engine: Scripted) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml_str(
+            "[agent_pools.hpc]\ntype = \"slurm\"\ncommand = [\"/bin/true\"]\n",
+            &dir.path().join("dispatcher.toml"),
+        )
+        .unwrap();
+        let (tx, events) = crossbeam_channel::unbounded();
+        let mut watcher = Watcher::new(
+            "hpc".into(),
+            Box::new(engine),
+            &config.agent_pools["hpc"],
+            tx,
+        );
+        watcher.down = None;
+        Rig {
+            watcher,
+            events,
+            config: Arc::new(config),
+            dir,
+        }
+    }
+
+    fn spec(rig: &Rig, runner_id: &str) -> LaunchSpec {
+        let root = rig.dir.path();
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "t", "title": "t", "state": "running"
+        }))
+        .unwrap();
+        LaunchSpec {
+            runner_id: runner_id.into(),
+            pool_name: "hpc".into(),
+            spec: "s".into(),
+            task,
+            attempt: 1,
+            workdir: root.join("work"),
+            repo_url: None,
+            log_path: root.join("logs/attempt-1.log"),
+            runner_dir: RunnerDir::new(root.join("runners").join(runner_id)),
+            owner: "test".into(),
+            heartbeat_timeout: None,
+            stop_grace: Duration::from_secs(1),
+            max_log_bytes: None,
+            bootstrap: None,
+            port_base: None,
+        }
+    }
+
+    fn drain(events: &Receiver<RunnerEvent>) -> Vec<RunnerEvent> {
+        events.try_iter().collect()
+    }
+
+    #[test]
+    fn an_engine_gone_at_submission_disables_the_pool_and_the_attempt_is_infra() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut rig = rig(Scripted {
+            submit_fails: true,
+            check_fails: true,
+            calls: calls.clone(),
+            ..Scripted::default()
+        });
+        let launch = spec(&rig, "r1");
+        rig.watcher.launch(launch, &rig.config.clone());
+        let events = drain(&rig.events);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RunnerEvent::PoolEngine { error: Some(_), .. })));
+        let ended = events.iter().find_map(|e| match e {
+            RunnerEvent::Exited(exit) => Some(exit.clone()),
+            _ => None,
+        });
+        let ended = ended.expect("the attempt ends");
+        assert_eq!(ended.class, Some(crate::supervisor::FailureClass::Infra));
+        assert!(rig.watcher.down.is_some());
+        // The next launch is not even submitted while the engine is down.
+        let launch = spec(&rig, "r2");
+        rig.watcher.launch(launch, &rig.config.clone());
+        let submits = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == "submit")
+            .count();
+        assert_eq!(submits, 1);
+    }
+
+    #[test]
+    fn a_job_the_engine_took_despite_an_error_is_watched() {
+        let mut rig = rig(Scripted {
+            submit_fails: true,
+            found: Some("77".into()),
+            ..Scripted::default()
+        });
+        let launch = spec(&rig, "r1");
+        rig.watcher.launch(launch, &rig.config.clone());
+        let started = drain(&rig.events)
+            .into_iter()
+            .any(|e| matches!(e, RunnerEvent::Started { engine_id: Some(id), .. } if id == "77"));
+        assert!(started);
+        assert!(rig.watcher.jobs.contains_key("r1"));
+    }
+
+    #[test]
+    fn a_stop_that_comes_before_its_job_keeps_it_from_being_submitted() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut rig = rig(Scripted {
+            calls: calls.clone(),
+            ..Scripted::default()
+        });
+        rig.watcher.handle(EngineCommand::Stop {
+            runner_id: "r1".into(),
+            reason: StopReason::Cancelled,
+        });
+        let launch = spec(&rig, "r1");
+        rig.watcher.launch(launch, &rig.config.clone());
+        let stopped = drain(&rig.events).into_iter().find_map(|e| match e {
+            RunnerEvent::Exited(exit) => exit.stopped,
+            _ => None,
+        });
+        assert_eq!(stopped, Some(StopReason::Cancelled));
+        assert!(!calls.lock().unwrap().iter().any(|c| c == "submit"));
+    }
 }

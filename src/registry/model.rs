@@ -113,6 +113,9 @@ pub struct DispatcherMeta {
     /// Attempts that failed for `infra` reasons (not counted in `attempts`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub infra_failures: u32,
+    /// Attempts handed back uncounted because their pool's breaker opened.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requeues: u32,
     /// Every ended attempt, oldest first (`dispatcher attempts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,

@@ -3,7 +3,8 @@
 #   result: writes {"status": $FAIL_STATUS, "retry_after": $RETRY_AFTER} to the result file
 #   exit75: exits 75 (EX_TEMPFAIL)
 #   output: prints a provider's usage-limit message and exits 1
-# Later attempts succeed, reporting an artifact and their spend in the result file.
+# Later attempts succeed, reporting an artifact and their spend in the result file, unless
+# THEN_FAIL=1: then they exit 1 without a word.
 # Appends "start|end <task_id> agent <epoch_ns>" lines to $LEDGER around its work.
 # Usage: agent.sh TASK_ID
 set -eu
@@ -27,6 +28,8 @@ if [ "$n" -le "${FAIL_TIMES:-1}" ]; then
             code=1
             ;;
     esac
+elif [ "${THEN_FAIL:-0}" = 1 ]; then
+    code=1
 else
     printf '{"status": "succeeded", "artifacts": ["%s/report-%s.md"], "spend": {"tokens": 100, "cost_usd": 0.25}}\n' \
         "$OUT_DIR" "$task" > "$DISPATCHER_RESULT_FILE"
