@@ -52,6 +52,28 @@ fn max_overlap(marks: &[Mark], keep: impl Fn(&Mark) -> bool) -> usize {
     max_concurrent(marks.iter().filter(|m| keep(m)).map(|m| (m.ns, m.start)))
 }
 
+/// `dispatcher.toml` with `dispatcher` settings, the `retry` section text (or nothing), and
+/// one local pool `local` of `max` runners running `command` with `vars` and `extra` lines,
+/// every task routed to it.
+fn local_config(
+    env: &Env,
+    dispatcher: &str,
+    retry: &str,
+    max: usize,
+    command: &[String],
+    vars: &[(&str, String)],
+    extra: &str,
+) {
+    env.config(
+        dispatcher,
+        &format!(
+            "{retry}{}{}",
+            pool("local", max, command, vars, extra),
+            default_to("local")
+        ),
+    );
+}
+
 fn meta(env: &Env, spec: &str, id: &str) -> Value {
     env.task(spec, id)["metadata"]["dispatcher"].clone()
 }
@@ -378,22 +400,17 @@ fn unroutable_task_is_reported_and_until_idle_exits_4() {
 fn dependents_start_only_after_their_dependencies_end() {
     let env = Env::new();
     let ledger_path = env.path().join("ledger");
-    env.config(
+    local_config(
+        &env,
         "",
-        &format!(
-            "{}{}",
-            pool(
-                "local",
-                3,
-                &cmd("record.sh", &["{task_id}", "local"]),
-                &[
-                    ("LEDGER", ledger_path.display().to_string()),
-                    ("SLEEP", "0.1".into()),
-                ],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "",
+        3,
+        &cmd("record.sh", &["{task_id}", "local"]),
+        &[
+            ("LEDGER", ledger_path.display().to_string()),
+            ("SLEEP", "0.1".into()),
+        ],
+        "",
     );
     // A chain a→b→c and a diamond d→{e,f}→g, side by side.
     let deps: &[(&str, &[&str])] = &[
@@ -437,22 +454,17 @@ fn dependents_start_only_after_their_dependencies_end() {
 fn blocked_task_whose_dependencies_are_already_done_is_made_ready_and_runs() {
     let env = Env::new();
     let ledger_path = env.path().join("ledger");
-    env.config(
+    local_config(
+        &env,
         "",
-        &format!(
-            "{}{}",
-            pool(
-                "local",
-                1,
-                &cmd("record.sh", &["{task_id}", "local"]),
-                &[
-                    ("LEDGER", ledger_path.display().to_string()),
-                    ("SLEEP", "0".into()),
-                ],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "",
+        1,
+        &cmd("record.sh", &["{task_id}", "local"]),
+        &[
+            ("LEDGER", ledger_path.display().to_string()),
+            ("SLEEP", "0".into()),
+        ],
+        "",
     );
     // Written by hand (or by a tool that does not unblock): nothing will ever finish
     // "earlier", so only the dispatcher's own check can release "later".
@@ -473,13 +485,14 @@ fn blocked_task_whose_dependencies_are_already_done_is_made_ready_and_runs() {
 #[test]
 fn dependent_of_a_failed_task_is_blocked_forever_and_exit_is_4() {
     let env = Env::new();
-    env.config(
+    local_config(
+        &env,
         "",
-        &format!(
-            "[retry]\nmax_attempts = 1\n\n{}{}",
-            pool("local", 1, &cmd("fail.sh", &[]), &[], ""),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 1\n\n",
+        1,
+        &cmd("fail.sh", &[]),
+        &[],
+        "",
     );
     env.taskset(
         "s",
@@ -504,13 +517,11 @@ fn dependent_of_a_failed_task_is_blocked_forever_and_exit_is_4() {
 #[test]
 fn failing_task_retries_with_growing_backoff_then_fails_with_exit_3() {
     let env = Env::new();
-    env.config(
+    local_config(
+        &env,
         "",
-        &format!(
-            "[retry]\nmax_attempts = 3\ninitial_delay = \"300ms\"\nbackoff_base = 2\nmax_delay = \"10s\"\n\n{}{}",
-            pool("local", 1, &cmd("fail.sh", &[]), &[("EXIT", "7".into())], ""),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 3\ninitial_delay = \"300ms\"\nbackoff_base = 2\nmax_delay = \"10s\"\n\n",
+        1, &cmd("fail.sh", &[]), &[("EXIT", "7".into())], "",
     );
     env.taskset("s", &[json!({"id": "doomed"})]);
     let (status, log) = env.run_until_idle();
@@ -570,13 +581,14 @@ fn failing_task_retries_with_growing_backoff_then_fails_with_exit_3() {
 #[test]
 fn task_failing_once_is_done_on_its_second_attempt() {
     let env = Env::new();
-    env.config(
+    local_config(
+        &env,
         "",
-        &format!(
-            "[retry]\nmax_attempts = 3\ninitial_delay = \"200ms\"\n\n{}{}",
-            pool("local", 1, &cmd("flaky.sh", &[]), &[], ""),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 3\ninitial_delay = \"200ms\"\n\n",
+        1,
+        &cmd("flaky.sh", &[]),
+        &[],
+        "",
     );
     env.taskset("s", &[json!({"id": "flaky"})]);
     let (status, log) = env.run_until_idle();
@@ -596,19 +608,14 @@ fn silent_runner_is_killed_for_lost_heartbeat_and_the_attempt_counts() {
     let env = Env::new();
     let out = out_dir(&env);
     let mark = marker(&env);
-    env.config(
+    local_config(
+        &env,
         "heartbeat_timeout = \"1s\"\nstop_grace_period = \"1s\"",
-        &format!(
-            "[retry]\nmax_attempts = 2\ninitial_delay = \"200ms\"\n\n{}{}",
-            pool(
-                "local",
-                1,
-                &cmd("hang.sh", &["{task_id}", &mark]),
-                &[("OUT_DIR", out.display().to_string())],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 2\ninitial_delay = \"200ms\"\n\n",
+        1,
+        &cmd("hang.sh", &["{task_id}", &mark]),
+        &[("OUT_DIR", out.display().to_string())],
+        "",
     );
     env.taskset("s", &[json!({"id": "mute"})]);
     let (status, log) = env.run_until_idle();
@@ -630,22 +637,17 @@ fn silent_runner_is_killed_for_lost_heartbeat_and_the_attempt_counts() {
 fn runner_that_touches_its_heartbeat_outlives_the_heartbeat_timeout() {
     let env = Env::new();
     let out = out_dir(&env);
-    env.config(
+    local_config(
+        &env,
         "heartbeat_timeout = \"1s\"",
-        &format!(
-            "[retry]\nmax_attempts = 1\n\n{}{}",
-            pool(
-                "local",
-                1,
-                &cmd("sleep.sh", &[]),
-                &[
-                    ("OUT_DIR", out.display().to_string()),
-                    ("SLEEP", "3".into())
-                ],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 1\n\n",
+        1,
+        &cmd("sleep.sh", &[]),
+        &[
+            ("OUT_DIR", out.display().to_string()),
+            ("SLEEP", "3".into()),
+        ],
+        "",
     );
     env.taskset("s", &[json!({"id": "busy"})]);
     let (status, log) = env.run_until_idle();
@@ -664,19 +666,14 @@ fn runner_that_touches_its_heartbeat_outlives_the_heartbeat_timeout() {
 #[test]
 fn heartbeat_just_inside_the_timeout_is_not_taken_for_a_lost_one() {
     let env = Env::new();
-    env.config(
+    local_config(
+        &env,
         "heartbeat_timeout = \"1s\"",
-        &format!(
-            "[retry]\nmax_attempts = 1\n\n{}{}",
-            pool(
-                "local",
-                1,
-                &cmd("pulse.sh", &[]),
-                &[("PULSE", "0.6".into()), ("SLEEP", "6".into())],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 1\n\n",
+        1,
+        &cmd("pulse.sh", &[]),
+        &[("PULSE", "0.6".into()), ("SLEEP", "6".into())],
+        "",
     );
     env.taskset("s", &[json!({"id": "steady"})]);
     let (status, log) = env.run_until_idle();
@@ -694,19 +691,14 @@ fn runner_past_the_pool_timeout_is_stopped_and_the_task_fails() {
     let env = Env::new();
     let out = out_dir(&env);
     let mark = marker(&env);
-    env.config(
+    local_config(
+        &env,
         "stop_grace_period = \"1s\"",
-        &format!(
-            "[retry]\nmax_attempts = 1\n\n{}{}",
-            pool(
-                "local",
-                1,
-                &cmd("sleep.sh", &["{task_id}", &mark]),
-                &[("OUT_DIR", out.display().to_string())],
-                "timeout = \"1s\"",
-            ),
-            default_to("local"),
-        ),
+        "[retry]\nmax_attempts = 1\n\n",
+        1,
+        &cmd("sleep.sh", &["{task_id}", &mark]),
+        &[("OUT_DIR", out.display().to_string())],
+        "timeout = \"1s\"",
     );
     env.taskset("s", &[json!({"id": "endless"})]);
     let (status, log) = env.run_until_idle();
@@ -730,23 +722,18 @@ fn drain_config(env: &Env, script: &str, dispatcher: &str) -> (String, PathBuf, 
     let mark = marker(env);
     let ledger_path = env.path().join("ledger");
     let gate = env.path().join("gate");
-    env.config(
+    local_config(
+        env,
         dispatcher,
-        &format!(
-            "{}{}",
-            pool(
-                "local",
-                2,
-                &cmd(script, &["{task_id}", "local", &mark]),
-                &[
-                    ("OUT_DIR", out.display().to_string()),
-                    ("LEDGER", ledger_path.display().to_string()),
-                    ("GATE", gate.display().to_string()),
-                ],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "",
+        2,
+        &cmd(script, &["{task_id}", "local", &mark]),
+        &[
+            ("OUT_DIR", out.display().to_string()),
+            ("LEDGER", ledger_path.display().to_string()),
+            ("GATE", gate.display().to_string()),
+        ],
+        "",
     );
     env.taskset(
         "s",
@@ -912,19 +899,14 @@ fn second_dispatcher_on_the_same_state_dir_exits_1_naming_the_first() {
 fn status_json_shows_live_runners_while_running_and_not_running_after() {
     let env = Env::new();
     let out = out_dir(&env);
-    env.config(
+    local_config(
+        &env,
         "graceful_shutdown_timeout = \"1s\"\nstop_grace_period = \"1s\"",
-        &format!(
-            "{}{}",
-            pool(
-                "local",
-                2,
-                &cmd("sleep.sh", &["{task_id}"]),
-                &[("OUT_DIR", out.display().to_string())],
-                "",
-            ),
-            default_to("local"),
-        ),
+        "",
+        2,
+        &cmd("sleep.sh", &["{task_id}"]),
+        &[("OUT_DIR", out.display().to_string())],
+        "",
     );
     env.taskset("s", &[json!({"id": "work"})]);
     let mut run = env.spawn_run(&[]);
