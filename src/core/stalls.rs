@@ -112,6 +112,15 @@ impl Core {
 
     /// Probes the runners that are due and acts on those without progress for too long.
     pub(super) fn check_stalls(&mut self) {
+        // Every turn of the core passes here: nothing to do unless some pool watches stalls.
+        let watched = self
+            .config
+            .agent_pools
+            .values()
+            .any(|p| p.agent.stall_timeout.is_some());
+        if !watched {
+            return;
+        }
         let now = Instant::now();
         let ids: Vec<String> = self.running.keys().cloned().collect();
         for runner_id in ids {
