@@ -61,12 +61,17 @@ bin=$root/target/release/dispatcher
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dispatcher-bench.XXXXXX")
 cleanup() {
-    # Stop what this script started (recorded pids only), then remove the work dir.
+    # Stop what this script started (recorded pids only), then remove the work dirs.
     local pid
     for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
-    if ((keep)); then echo "work directory kept: $work" >&2; else rm -rf "$work"; fi
+    if ((keep)); then
+        echo "work directories kept: $work ${scratch_dirs[*]}" >&2
+    else
+        rm -rf "$work" "${scratch_dirs[@]}"
+    fi
 }
 started=()
+scratch_dirs=() # work directories outside $work (on tmpfs)
 trap cleanup EXIT
 samples=$work/samples
 mkdir -p "$samples"
@@ -162,7 +167,7 @@ time_fields() {
 # ----- W1: throughput -----------------------------------------------------------------------
 
 w1() {
-    local n=$W1_TASKS dir=$work/w1 layout specs tasks i t0 t1 rc
+    local n=$W1_TASKS dir=$work/w1 layout specs tasks i t0 t1 rc fs run places=(disk) shm=
     say "W1 throughput: $n tasks, runner true, concurrency 8 (runs: $RUNS, interleaved)"
     mkdir -p "$dir"
     # Two layouts: all tasks in one taskset (every claim rewrites the whole file) and ten.
@@ -170,7 +175,7 @@ w1() {
         specs=$layout tasks=$((n / layout))
         gen "$dir/tmpl-$layout" --specs "$specs" --tasks "$tasks" --state ready
     done
-    cat >"$dir/dispatcher.toml" <<EOF
+    cat >"$dir/w1.toml" <<EOF
 [dispatcher]
 state_dir = "state"
 max_global_concurrency = 8
@@ -182,45 +187,79 @@ dir = "registry"
 command = ["true"]
 max_concurrency = 8
 EOF
+    # The same runs with the state dir and registry on tmpfs, where there is one: what the
+    # file system costs, apart from the dispatcher.
+    if [[ -d /dev/shm && -w /dev/shm ]]; then
+        shm=$(mktemp -d /dev/shm/dispatcher-bench.XXXXXX)
+        scratch_dirs+=("$shm")
+        places+=(tmpfs)
+    fi
+    # Every run gets fresh directories and none is removed before the workload ends: ext4
+    # without a journal (this machine's disk) skips, one by one, the inodes freed in the last
+    # minutes when it allocates new ones, so removing a run's thousands of files right before
+    # the next run would bill that run for the benchmark's own clean-up.
+    fresh() { # fresh PLACE LAYOUT: sets $run to a new directory with registry/ and the config
+        local base=$dir
+        [[ $1 == tmpfs ]] && base=$shm
+        run=$(mktemp -d "$base/run.XXXXXX")
+        cp -r "$dir/tmpl-$2" "$run/registry"
+        cp "$dir/w1.toml" "$run/dispatcher.toml"
+    }
     for ((i = 1; i <= RUNS; i++)); do
-        for layout in 1 10; do
-            rm -rf "$dir/registry" "$dir/state"
-            cp -r "$dir/tmpl-$layout" "$dir/registry"
-            t0=$(now_ns)
-            rc=0
-            "$bin" --config "$dir/dispatcher.toml" run --until-idle 2>"$dir/run.log" || rc=$?
-            t1=$(now_ns)
-            if ((rc != 0)); then
-                note "dispatcher exited $rc:"; tail -5 "$dir/run.log" >&2; return 1
-            fi
-            sample "w1.disp.$layout" "$(((t1 - t0) / 1000))e-3"
+        for fs in "${places[@]}"; do
+            for layout in 1 10; do
+                fresh "$fs" "$layout"
+                t0=$(now_ns)
+                rc=0
+                "$bin" --config "$run/dispatcher.toml" run --until-idle 2>"$run/run.log" || rc=$?
+                t1=$(now_ns)
+                if ((rc != 0)); then
+                    note "dispatcher exited $rc:"; tail -5 "$run/run.log" >&2; return 1
+                fi
+                sample "w1.disp.$layout.$fs" "$(((t1 - t0) / 1000))e-3"
+            done
         done
         t0=$(now_ns)
         seq "$n" | xargs -P8 -n1 true
         t1=$(now_ns)
         sample w1.xargs "$(((t1 - t0) / 1000))e-3"
+        # The floor of any design with one process between the scheduler and each runner
+        # (the dispatcher's supervisor, which lets a runner outlive a dispatcher crash): two
+        # execs per task.
+        t0=$(now_ns)
+        seq "$n" | xargs -P8 -n1 env true
+        t1=$(now_ns)
+        sample w1.xargs.env "$(((t1 - t0) / 1000))e-3"
     done
     # The protocol was on: every task claimed, run and recorded, with its events.
     local done_count assigned
     done_count=$(python3 -c 'import json,glob,sys
-print(sum(t["state"] == "done" for f in glob.glob(sys.argv[1] + "/tasksets/*/taskset.json") for t in json.load(open(f))["tasks"]))' "$dir/registry")
-    assigned=$(cat "$dir"/registry/events/*/events.jsonl | grep -c '"TaskAssigned"' || true)
+print(sum(t["state"] == "done" for f in glob.glob(sys.argv[1] + "/tasksets/*/taskset.json") for t in json.load(open(f))["tasks"]))' "$run/registry")
+    assigned=$(cat "$run"/registry/events/*/events.jsonl | grep -c '"TaskAssigned"' || true)
     note "last run: $done_count tasks done, $assigned TaskAssigned events"
     if ((have_time)); then
-        rm -rf "$dir/registry" "$dir/state"; cp -r "$dir/tmpl-1" "$dir/registry"
-        /usr/bin/time -v -o "$dir/time.txt" "$bin" --config "$dir/dispatcher.toml" run --until-idle 2>/dev/null
+        fresh disk 1
+        /usr/bin/time -v -o "$dir/time.txt" "$bin" --config "$run/dispatcher.toml" run --until-idle 2>/dev/null
         read -r el rss u sy < <(time_fields "$dir/time.txt")
-        note "one extra run (1 taskset): ${el} ms wall, user ${u} s, sys ${sy} s, max RSS $((rss / 1024)) MB"
+        note "one extra run (1 taskset, disk): ${el} ms wall, user ${u} s, sys ${sy} s, max RSS $((rss / 1024)) MB"
     fi
     if ((have_hyperfine)); then
-        note "hyperfine cross-check (not interleaved):"
+        note "hyperfine cross-check (not interleaved; 1 taskset, disk):"
+        # --prepare moves the last run aside rather than deleting it, for the reason above.
+        local hf=$dir/hyperfine
+        mkdir -p "$hf/old"
         hyperfine --style basic --runs "$RUNS" --export-json "$dir/hyperfine.json" \
-            --prepare "rm -rf '$dir/registry' '$dir/state' && cp -r '$dir/tmpl-1' '$dir/registry'" \
-            "'$bin' --config '$dir/dispatcher.toml' run --until-idle 2>/dev/null" \
+            --prepare "if [ -d '$hf/run' ]; then mv '$hf/run' '$hf/old/'\$(date +%s%N); fi; mkdir '$hf/run' && cp -r '$dir/tmpl-1' '$hf/run/registry' && cp '$dir/w1.toml' '$hf/run/dispatcher.toml'" \
+            "'$bin' --config '$hf/run/dispatcher.toml' run --until-idle 2>/dev/null" \
             "seq $n | xargs -P8 -n1 true" 2>&1 | grep -E 'Time|Range|faster|±' | sed 's/^/   /' >&2 || true
     fi
-    row "W1 throughput, 1 taskset × $n" w1.disp.1 w1.xargs ratio 1.5
-    row "W1 throughput, 10 tasksets × $((n / 10))" w1.disp.10 w1.xargs ratio 1.5
+    row "W1 throughput, 1 taskset × $n" w1.disp.1.disk w1.xargs ratio 1.5
+    row "W1 throughput, 10 tasksets × $((n / 10))" w1.disp.10.disk w1.xargs ratio 1.5
+    if [[ -n $shm ]]; then
+        row "W1, 1 taskset, state and registry on tmpfs" w1.disp.1.tmpfs w1.xargs ratio 1.5
+        row "W1, 10 tasksets, on tmpfs" w1.disp.10.tmpfs w1.xargs ratio 1.5
+    fi
+    row "W1 floor: two execs per task (xargs env true)" w1.xargs.env w1.xargs info -
 }
 
 # ----- W2: scale of the registry ------------------------------------------------------------
