@@ -11,7 +11,7 @@
 //! task failed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chrono::NaiveDate;
 
@@ -26,9 +26,10 @@ use crate::timefmt;
 /// Recorded spend of one taskset, by pool and by day.
 #[derive(Default)]
 pub(super) struct SpecSpend {
-    /// The taskset it was counted from (the same `Arc` means nothing changed; holding it
-    /// keeps its address from being reused by a newer one).
-    source: Option<Arc<Taskset>>,
+    /// The taskset it was counted from (the same allocation means nothing changed). Weak, so
+    /// that the core stays the only owner and a write can change its taskset in place; the
+    /// weak count keeps the address from being reused by a newer taskset.
+    source: Option<Weak<Taskset>>,
     by_day: HashMap<NaiveDate, Spend>,
     by_pool_day: HashMap<(String, NaiveDate), Spend>,
 }
@@ -36,7 +37,7 @@ pub(super) struct SpecSpend {
 impl SpecSpend {
     fn count(taskset: &Arc<Taskset>) -> SpecSpend {
         let mut spend = SpecSpend {
-            source: Some(taskset.clone()),
+            source: Some(Arc::downgrade(taskset)),
             ..SpecSpend::default()
         };
         for task in &taskset.tasks {
@@ -190,10 +191,11 @@ impl Core {
             .filter_map(|(spec, state)| Some((spec.clone(), state.taskset.clone()?)))
             .collect();
         for (spec, taskset) in specs {
-            let cached = self
-                .spend_cache
-                .get(&spec)
-                .is_some_and(|c| c.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, &taskset)));
+            let cached = self.spend_cache.get(&spec).is_some_and(|c| {
+                c.source
+                    .as_ref()
+                    .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&taskset)))
+            });
             if !cached {
                 self.spend_cache
                     .insert(spec.clone(), SpecSpend::count(&taskset));

@@ -271,17 +271,19 @@ impl Core {
         let retry = self.config.retry.clone();
         let owner = self.owner.clone();
         let pool_names: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
-        let held = self
-            .specs
-            .get(spec)
-            .and_then(|s| Some((s.fingerprint?, s.taskset.clone()?)));
         let known_version = self
             .specs
             .get(spec)
             .and_then(|s| s.taskset.as_ref())
             .map(|ts| ts.version);
-        let known = held.as_ref().map(|(fp, ts)| (*fp, &**ts));
-        let result = self.registry.update_known(spec, known, |taskset| {
+        // The held copy is lent to the write, which changes it in place when the file is
+        // still what we last saw; it comes back as the written taskset.
+        let mut known = self
+            .specs
+            .get_mut(spec)
+            .and_then(|s| Some((s.fingerprint?, s.taskset.take()?)));
+        let lent = known.is_some();
+        let result = self.registry.update_known(spec, &mut known, |taskset| {
             // What the file held under the lock, before our change: another writer may have
             // changed it since we last read it.
             let read_version = taskset.version;
@@ -324,40 +326,15 @@ impl Core {
             reused,
         ) = match result {
             Ok(done) => done,
-            Err(err) if err.is_missing() => {
-                // The taskset was removed: its tasks are gone, so are their claims. Ended
-                // attempts give their slots back; picks give back their places and slots.
-                log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
-                for finish in &finishes {
-                    self.claimed.remove(&finish.run.key);
-                    self.release_after(finish, None);
-                }
-                for (pick, slot) in picks {
-                    self.give_back(&pick, slot);
-                }
-                for (key, _) in &artifacts {
-                    self.awaiting_patch.remove(key);
-                }
-                return;
-            }
             Err(err) => {
-                let what = if finishes.is_empty() {
-                    format!("claim tasks of {spec}")
-                } else {
-                    let keys: Vec<String> =
-                        finishes.iter().map(|f| f.run.key.to_string()).collect();
-                    format!("record the end of {}", keys.join(", "))
-                };
-                self.pending.extend(finishes);
-                self.pending_artifacts.extend(artifacts);
-                // Nothing was claimed: the picks' pool places and slots go back.
-                for (pick, slot) in picks {
-                    self.give_back(&pick, slot);
-                }
-                self.write_failed(spec, &format!("cannot {what}: {err}"));
+                self.take_back(spec, lent, known);
+                self.write_error(spec, &err, finishes, picks, artifacts);
                 return;
             }
         };
+        // Held again at once: what runs below (releases, give-backs) may look at it.
+        let taskset = Arc::new(taskset);
+        self.spec_state(spec).taskset = Some(taskset.clone());
         let mut claimed = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {
@@ -375,7 +352,6 @@ impl Core {
                 }
             }
         }
-        drop(held);
         if let (Some(monitor), Some(fingerprint)) = (&self.monitor, fingerprint) {
             monitor.note_written(spec, fingerprint);
         }
@@ -453,7 +429,6 @@ impl Core {
             changed.push(c.pick.key.id.to_string());
         }
         self.events.append(&events);
-        let taskset = Arc::new(taskset);
         changed.extend(refused);
         // A task held back until its patch was recorded is placed again, with the footprint
         // it learned from it.
@@ -479,6 +454,74 @@ impl Core {
             self.launch(c.pick, c.slot, task, c.attempt);
         }
         self.snapshot_dirty = true;
+    }
+
+    /// After a failed write: the taskset lent to it goes back, or, when the write took it (it
+    /// may hold a change that never reached the file), the file is read again so that what
+    /// the core places is what the registry says.
+    fn take_back(
+        &mut self,
+        spec: &str,
+        lent: bool,
+        known: Option<(crate::registry::Fingerprint, Arc<Taskset>)>,
+    ) {
+        match known {
+            Some((fingerprint, taskset)) => {
+                let state = self.spec_state(spec);
+                state.fingerprint = Some(fingerprint);
+                state.taskset = Some(taskset);
+            }
+            None if lent => {
+                let state = self.spec_state(spec);
+                state.fingerprint = None;
+                match self.registry.load(spec) {
+                    Ok(taskset) => self.spec_state(spec).taskset = Some(Arc::new(taskset)),
+                    Err(err) => log::warn!("cannot read taskset {spec} again: {err}"),
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A batch that could not be written: a removed taskset forgets its tasks; any other
+    /// error keeps the ends for the next try and gives the picks back.
+    fn write_error(
+        &mut self,
+        spec: &str,
+        err: &crate::registry::RegistryError,
+        finishes: Vec<Finish>,
+        picks: Vec<(Pick, Option<Allocation>)>,
+        artifacts: Vec<(TaskKey, serde_json::Value)>,
+    ) {
+        if err.is_missing() {
+            // The taskset was removed: its tasks are gone, so are their claims. Ended
+            // attempts give their slots back; picks give back their places and slots.
+            log::warn!("taskset {spec} is gone; forgetting its running and picked tasks");
+            for finish in &finishes {
+                self.claimed.remove(&finish.run.key);
+                self.release_after(finish, None);
+            }
+            for (pick, slot) in picks {
+                self.give_back(&pick, slot);
+            }
+            for (key, _) in &artifacts {
+                self.awaiting_patch.remove(key);
+            }
+            return;
+        }
+        let what = if finishes.is_empty() {
+            format!("claim tasks of {spec}")
+        } else {
+            let keys: Vec<String> = finishes.iter().map(|f| f.run.key.to_string()).collect();
+            format!("record the end of {}", keys.join(", "))
+        };
+        self.pending.extend(finishes);
+        self.pending_artifacts.extend(artifacts);
+        // Nothing was claimed: the picks' pool places and slots go back.
+        for (pick, slot) in picks {
+            self.give_back(&pick, slot);
+        }
+        self.write_failed(spec, &format!("cannot {what}: {err}"));
     }
 
     /// A pick that was not claimed (its task changed meanwhile): its pool place and its slot
