@@ -37,6 +37,15 @@ use crate::timefmt;
 /// The hidden first argument that turns the binary into a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
 
+/// The supervisor's own small program, installed beside `dispatcher`.
+pub const SUPERVISOR_PROGRAM: &str = "dispatcher-supervisor";
+
+/// What `dispatcher-supervisor --version` prints: the dispatcher only uses a supervisor
+/// program of its own version (the runner directory protocol is not versioned otherwise).
+pub fn supervisor_version() -> String {
+    format!("{SUPERVISOR_PROGRAM} {}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Why the runner was stopped; decides how its attempt is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,6 +2,9 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
 use serde_json::json;
 use support::*;
 
@@ -35,6 +38,69 @@ fn dependent_tasks_run_to_done_and_exit_zero() {
         starts[0].starts_with("start a"),
         "a runs before b: {ledger}"
     );
+}
+
+/// `dispatcher` (a hard link, or a copy) in a directory of its own.
+fn binary_in(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let program = dir.join("dispatcher");
+    if std::fs::hard_link(BIN, &program).is_err() {
+        std::fs::copy(BIN, &program).unwrap();
+    }
+    program
+}
+
+/// Runners are supervised by the small `dispatcher-supervisor` program when it sits beside
+/// the binary and answers with the same version; otherwise by the binary itself in its
+/// hidden mode. Either way the runner's parent is its supervisor, which it names here.
+#[test]
+fn runners_are_supervised_by_the_program_beside_the_binary_or_by_the_binary_itself() {
+    let env = Env::new();
+    let parent = env.path().join("parent");
+    env.config(
+        "",
+        &format!(
+            "[agent_pools.local]\ncommand = [\"sh\", \"-c\", \"readlink /proc/$PPID/exe > \\\"$OUT\\\"\"]\nenv = {{ OUT = \"{}\" }}\n\n[skill_mapping]\ndefault = [\"local\"]\n",
+            parent.display()
+        ),
+    );
+    let beside = Path::new(BIN).with_file_name("dispatcher-supervisor");
+    let alone = binary_in(&env.path().join("alone"));
+    let skewed = binary_in(&env.path().join("skewed"));
+    let impostor = skewed.with_file_name("dispatcher-supervisor");
+    std::fs::write(
+        &impostor,
+        "#!/bin/sh\necho dispatcher-supervisor 0.0.0-other\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&impostor, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    for (n, (program, supervisor)) in [
+        (Path::new(BIN), beside.as_path()),
+        (alone.as_path(), alone.as_path()),
+        (skewed.as_path(), skewed.as_path()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        env.taskset(&format!("s{n}"), &[json!({"id": "a"})]);
+        let out = env
+            .command_of(program, &["run", "--until-idle"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{}: {log}", program.display());
+        let seen = std::fs::read_to_string(&parent).unwrap();
+        assert_eq!(
+            Path::new(seen.trim()),
+            std::fs::canonicalize(supervisor).unwrap(),
+            "started by {}",
+            program.display()
+        );
+        if program == skewed {
+            assert!(log.contains("is not this build's supervisor"), "{log}");
+        }
+    }
 }
 
 #[test]

@@ -160,7 +160,12 @@ impl Env {
 
     /// The real binary in the temp dir, with a clean environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.command_of(Path::new(BIN), args)
+    }
+
+    /// [`Env::command`] for a copy of the binary at `program`.
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.path())
             .env_clear()
