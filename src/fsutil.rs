@@ -1,5 +1,5 @@
-//! Durable file replacement (temp file, fsync, rename, fsync dir) and `flock(2)` locks that
-//! interoperate with Python's `filelock.UnixFileLock`.
+//! Atomic file replacement (temp file, fsync, rename, fsync dir; or without the fsyncs) and
+//! `flock(2)` locks that interoperate with Python's `filelock.UnixFileLock`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -14,23 +14,41 @@ use std::time::{Duration, Instant};
 /// The temp file is `<dir>/<stem>.tmp` (`taskset.json` → `taskset.tmp`), the name NecroCode
 /// uses, so a leftover from either tool is recognisable. Callers serialise writers with a lock.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// [`write_atomic`] without the fsyncs: readers still see the old or the new content, but a
+/// crash of the machine may lose it. For files that mean nothing after one — a local
+/// supervisor's own record dies with its processes — where two fsyncs per write are the cost
+/// of a runner start on a slow disk.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir)?;
     let tmp = temp_path(path);
-    let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    let result = write_temp(&tmp, bytes, durable).and_then(|()| fs::rename(&tmp, path));
     if let Err(err) = result {
         // Best effort: a stale temp file is harmless but confusing to someone inspecting the dir.
         let _ = fs::remove_file(&tmp);
         return Err(err);
     }
+    if !durable {
+        return Ok(());
+    }
     // The rename is only durable once the directory entry is on disk.
     File::open(dir)?.sync_all()
 }
 
-fn write_and_sync(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let mut file = File::create(tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    if durable {
+        file.sync_all()?;
+    }
+    Ok(())
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -146,6 +164,20 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!dir.path().join("sub/taskset.tmp").exists());
         assert_eq!(temp_path(&path), dir.path().join("sub/taskset.tmp"));
+    }
+
+    #[test]
+    fn replace_swaps_the_file_by_rename_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner/supervisor.json");
+        replace(&path, b"one").unwrap();
+        let first = fs::metadata(&path).unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(!dir.path().join("runner/supervisor.tmp").exists());
+        // A new inode each time: a reader holding the old file never sees it change.
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(fs::metadata(&path).unwrap().ino(), first.ino());
     }
 
     #[test]

@@ -279,14 +279,14 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         let busy = io::Error::other("the runner lock is already held");
         return Err(prepare_error(&record_path)(busy));
     }
-    // Durable before the supervisor exists, like every record of the state dir: the file
-    // is new (created exclusively, so no reader ever sees a half-written one) and synced,
-    // and so is the directory entry.
+    // Complete before the supervisor exists (it reads the file from its start). Not synced:
+    // the record only matters while this machine runs — a crash of the machine ends the
+    // supervisor and its runner, and a record lost with them reads as the same "lost" runner
+    // as a record with a free lock and no exit. The registry's claim is what is durable. On a
+    // slow disk these fsyncs and supervisor.json's took a fifth of W1's time.
     let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
     bytes
         .and_then(|bytes| record_file.write_all(&bytes))
-        .and_then(|()| record_file.sync_all())
-        .and_then(|()| File::open(dir.path())?.sync_all())
         .and_then(|()| record_file.rewind())
         .map_err(prepare_error(&record_path))?;
     let program = supervisor_program().map_err(prepare_error(Path::new("/proc/self/exe")))?;

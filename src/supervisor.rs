@@ -480,10 +480,11 @@ fn supervise(dir: &RunnerDir) -> io::Result<()> {
         started_at: timefmt::now_string(),
     };
     // From here on the runner exists: no early return may leave it unwatched. Without
-    // supervisor.json (a full disk, say) status lacks the pid; liveness never needs it.
+    // supervisor.json (a full disk, say) status lacks the pid; liveness never needs it. Not
+    // synced: it names processes, which a crash of the machine ends along with it.
     let info_written = serde_json::to_vec(&info)
         .map_err(io::Error::other)
-        .and_then(|bytes| fsutil::write_atomic(&dir.supervisor_path(), &bytes));
+        .and_then(|bytes| fsutil::replace(&dir.supervisor_path(), &bytes));
     if let Err(err) = info_written {
         eprintln!("# dispatcher-supervisor: cannot write supervisor.json: {err}");
     }
