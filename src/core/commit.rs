@@ -283,42 +283,50 @@ impl Core {
             .get_mut(spec)
             .and_then(|s| Some((s.fingerprint?, s.taskset.take()?)));
         let lent = known.is_some();
-        let result = self.registry.update_known(spec, &mut known, |taskset| {
-            // What the file held under the lock, before our change: another writer may have
-            // changed it since we last read it.
-            let read_version = taskset.version;
-            let (verdicts, checkpoints): (Vec<Verdict>, Vec<Option<String>>) = finishes
-                .iter()
-                .map(|finish| apply_finish(taskset, finish, &retry, now))
-                .unzip();
-            let unblocked = if verdicts.iter().any(|v| matches!(v, Verdict::Done)) {
-                taskset.unblock_ready_dependents(&now_text)
-            } else {
-                Vec::new()
-            };
-            let attempts: Vec<Option<u32>> = picks
-                .iter()
-                .map(|(pick, slot)| {
-                    let name = &pool_names[pick.pool];
-                    claim(taskset, pick, slot.as_ref(), name, &owner, &now_text)
-                })
-                .collect();
-            let mut added = false;
-            for (key, artifact) in &artifacts {
-                if let Some(task) = taskset.task_mut(&key.id) {
-                    task.artifacts.push(artifact.clone());
-                    added = true;
+        let rendered = self.specs.get_mut(spec).map(|s| &mut s.rendered);
+        let result = self
+            .registry
+            .update_known(spec, &mut known, rendered, |taskset, touched| {
+                // What the file held under the lock, before our change: another writer may have
+                // changed it since we last read it.
+                let read_version = taskset.version;
+                let (verdicts, checkpoints): (Vec<Verdict>, Vec<Option<String>>) = finishes
+                    .iter()
+                    .map(|finish| apply_finish(taskset, finish, &retry, now))
+                    .unzip();
+                let unblocked = if verdicts.iter().any(|v| matches!(v, Verdict::Done)) {
+                    taskset.unblock_ready_dependents(&now_text)
+                } else {
+                    Vec::new()
+                };
+                let attempts: Vec<Option<u32>> = picks
+                    .iter()
+                    .map(|(pick, slot)| {
+                        let name = &pool_names[pick.pool];
+                        claim(taskset, pick, slot.as_ref(), name, &owner, &now_text)
+                    })
+                    .collect();
+                let mut added = false;
+                for (key, artifact) in &artifacts {
+                    if let Some(task) = taskset.task_mut(&key.id) {
+                        task.artifacts.push(artifact.clone());
+                        added = true;
+                    }
                 }
-            }
-            let changed = verdicts.iter().any(|v| !matches!(v, Verdict::Gone))
-                || !unblocked.is_empty()
-                || attempts.iter().any(Option::is_some)
-                || added;
-            (
-                (verdicts, checkpoints, unblocked, attempts, read_version),
-                changed,
-            )
-        });
+                // Every task written differently: the others are written from their last text.
+                touched.extend(finishes.iter().map(|f| f.run.key.id.to_string()));
+                touched.extend(unblocked.iter().cloned());
+                touched.extend(picks.iter().map(|(pick, _)| pick.key.id.to_string()));
+                touched.extend(artifacts.iter().map(|(key, _)| key.id.to_string()));
+                let changed = verdicts.iter().any(|v| !matches!(v, Verdict::Gone))
+                    || !unblocked.is_empty()
+                    || attempts.iter().any(Option::is_some)
+                    || added;
+                (
+                    (verdicts, checkpoints, unblocked, attempts, read_version),
+                    changed,
+                )
+            });
         let (
             (verdicts, checkpoints, unblocked, attempts, read_version),
             taskset,

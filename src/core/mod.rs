@@ -190,6 +190,8 @@ struct SpecState {
     /// The fingerprint of the file `taskset` was read from or written to, if known: a write
     /// that finds the file unchanged under the lock need not read it again.
     fingerprint: Option<crate::registry::Fingerprint>,
+    /// Each task's text as our last write rendered it, reused for the tasks a write leaves.
+    rendered: crate::registry::RenderedTasks,
 }
 
 /// The workspace slot a task holds.
@@ -1018,6 +1020,7 @@ impl Core {
                 suspended_until: None,
                 never_runnable: None,
                 fingerprint: None,
+                rendered: crate::registry::RenderedTasks::default(),
             })
     }
 

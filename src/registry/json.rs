@@ -19,6 +19,23 @@ pub fn to_pretty_bytes<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<V
     )
 }
 
+/// [`to_pretty_bytes`] of a value that sits `depth` levels deep in a document (a task in a
+/// taskset's `tasks` list is 2 deep): its inner lines carry that much more indent, so the text
+/// can be spliced into the document as is.
+pub fn to_pretty_bytes_at<T: Serialize + ?Sized>(
+    value: &T,
+    depth: usize,
+) -> serde_json::Result<Vec<u8>> {
+    write(
+        value,
+        PyFormatter {
+            pretty: true,
+            indent: depth,
+            has_value: false,
+        },
+    )
+}
+
 /// Like Python's `json.dumps(value)`: one line, `", "` and `": "` separators, no newline.
 pub fn to_line_bytes<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     write(

@@ -5,11 +5,13 @@ mod error;
 mod events;
 pub mod json;
 mod model;
+mod render;
 mod store;
 
 pub use error::RegistryError;
 pub use events::{Event, EventLog};
 pub use model::{AttemptRecord, DispatcherMeta, Task, TaskState, Taskset};
+pub use render::RenderedTasks;
 pub use store::{Fingerprint, Registry};
 
 #[cfg(test)]

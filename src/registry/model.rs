@@ -391,6 +391,18 @@ impl From<TaskRepr> for Task {
 // claim and every end of an attempt). Keys go in NecroCode's order, then the unknown ones.
 impl Serialize for Taskset {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize_with_tasks(serializer, &self.tasks)
+    }
+}
+
+impl Taskset {
+    /// The document with `tasks` standing for its task list (the tasks themselves, or their
+    /// JSON text: see [`crate::registry::RenderedTasks`]).
+    pub(crate) fn serialize_with_tasks<S: Serializer, T: Serialize + ?Sized>(
+        &self,
+        serializer: S,
+        tasks: &T,
+    ) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("spec_name", &self.spec_name)?;
         map.serialize_entry("version", &self.version)?;
@@ -400,7 +412,7 @@ impl Serialize for Taskset {
             self.updated_at.as_deref(),
             &self.extra,
         )?;
-        map.serialize_entry("tasks", &self.tasks)?;
+        map.serialize_entry("tasks", tasks)?;
         map.serialize_entry("metadata", &self.metadata)?;
         unknown_entries(&mut map, &self.extra, TASKSET_FIELDS)?;
         map.end()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::fsutil::{self, FileLock};
 use crate::names;
-use crate::registry::{RegistryError, Taskset};
+use crate::registry::{RegistryError, RenderedTasks, Taskset};
 use crate::timefmt;
 
 /// How long a write waits for another writer (ours or NecroCode's) to release the spec's lock.
@@ -31,6 +31,17 @@ pub struct Fingerprint {
     mtime_ns: i128,
     size: u64,
     ino: u64,
+}
+
+#[cfg(test)]
+impl Fingerprint {
+    pub(crate) fn for_tests(mtime_ns: i128, size: u64, ino: u64) -> Fingerprint {
+        Fingerprint {
+            mtime_ns,
+            size,
+            ino,
+        }
+    }
 }
 
 impl Registry {
@@ -142,7 +153,7 @@ impl Registry {
         spec: &str,
         f: impl FnOnce(&mut Taskset) -> (R, bool),
     ) -> Result<(R, Taskset, Option<Fingerprint>), RegistryError> {
-        self.update_known(spec, &mut None, f)
+        self.update_known(spec, &mut None, None, |taskset, _| f(taskset))
             .map(|(result, taskset, fingerprint, _)| (result, taskset, fingerprint))
     }
 
@@ -156,11 +167,16 @@ impl Registry {
     /// On an error `known` still holds the copy if it was not touched yet; if it is empty, the
     /// held copy may have been changed without the change reaching the file, so the caller
     /// must read the file again.
+    ///
+    /// With `rendered`, `f` must list the id of every task it changes in its second argument:
+    /// the other tasks are written from the text the last write rendered (see
+    /// [`RenderedTasks`]).
     pub fn update_known<R>(
         &self,
         spec: &str,
         known: &mut Option<(Fingerprint, Arc<Taskset>)>,
-        f: impl FnOnce(&mut Taskset) -> (R, bool),
+        rendered: Option<&mut RenderedTasks>,
+        f: impl FnOnce(&mut Taskset, &mut Vec<String>) -> (R, bool),
     ) -> Result<(R, Taskset, Option<Fingerprint>, bool), RegistryError> {
         names::validate("spec name", spec)?;
         let path = self.taskset_path(spec);
@@ -169,27 +185,37 @@ impl Registry {
             Some((fingerprint, _)) => self.fingerprint(spec)? == Some(*fingerprint),
             None => false,
         };
-        let (mut taskset, reused) = match known.take() {
-            Some((_, held)) if held_is_current => (Arc::unwrap_or_clone(held), true),
+        let (mut taskset, read) = match known.take() {
+            Some((fingerprint, held)) if held_is_current => {
+                (Arc::unwrap_or_clone(held), Some(fingerprint))
+            }
             other => {
                 *known = other;
-                (read_taskset(&path, spec)?, false)
+                (read_taskset(&path, spec)?, None)
             }
         };
-        let (result, changed) = f(&mut taskset);
+        let reused = read.is_some();
+        let mut touched = Vec::new();
+        let (result, changed) = f(&mut taskset, &mut touched);
         if changed {
             taskset.version += 1;
             taskset.updated_at = Some(timefmt::now_string());
             // A change that breaks the rules (say, a duplicate id) must not reach the file.
             validate_at(&taskset, spec, &path)?;
-            fsutil::write_atomic(&path, &taskset.to_json_bytes()).map_err(|source| {
-                RegistryError::Io {
-                    action: "write",
-                    path,
-                    source,
-                }
+            let mut rendered = rendered;
+            let bytes = match rendered.as_deref_mut() {
+                Some(rendered) => rendered.render(&taskset, read, &touched),
+                None => taskset.to_json_bytes(),
+            };
+            fsutil::write_atomic(&path, &bytes).map_err(|source| RegistryError::Io {
+                action: "write",
+                path,
+                source,
             })?;
             let fingerprint = self.fingerprint(spec)?;
+            if let Some(rendered) = rendered {
+                rendered.written_as(fingerprint);
+            }
             return Ok((result, taskset, fingerprint, reused));
         }
         Ok((result, taskset, None, reused))
@@ -338,7 +364,9 @@ mod tests {
         held.metadata.insert("held".into(), Value::Bool(true));
         let held = Arc::new(held);
         let mut known = Some((fingerprint, held.clone()));
-        let (_, t, written, reused) = r.update_known("tiny", &mut known, |_| ((), true)).unwrap();
+        let (_, t, written, reused) = r
+            .update_known("tiny", &mut known, None, |_, _| ((), true))
+            .unwrap();
         assert!(reused);
         assert!(known.is_none(), "the held copy was taken");
         assert_eq!(t.metadata.get("held"), Some(&Value::Bool(true)));
@@ -349,7 +377,9 @@ mod tests {
         other.metadata.insert("other".into(), Value::Bool(true));
         fsutil::write_atomic(&r.taskset_path("tiny"), &other.to_json_bytes()).unwrap();
         let mut known = Some((written, held));
-        let (_, t, _, reused) = r.update_known("tiny", &mut known, |_| ((), false)).unwrap();
+        let (_, t, _, reused) = r
+            .update_known("tiny", &mut known, None, |_, _| ((), false))
+            .unwrap();
         assert!(!reused);
         assert!(known.is_some(), "a stale copy is left to the caller");
         assert_eq!(t.metadata.get("other"), Some(&Value::Bool(true)));
@@ -364,7 +394,7 @@ mod tests {
         fs::remove_file(r.taskset_path("tiny")).unwrap();
         let mut known = Some((fingerprint, held));
         let err = r
-            .update_known("tiny", &mut known, |_| ((), true))
+            .update_known("tiny", &mut known, None, |_, _| ((), true))
             .unwrap_err();
         assert!(err.is_missing(), "{err}");
         let (kept, copy) = known.expect("the copy comes back");
