@@ -8,14 +8,14 @@
 //! those the change lists; debug builds render the whole document as well and check that
 //! both are the same bytes.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 use super::json;
 use super::store::Fingerprint;
-use super::Taskset;
+use super::{Task, Taskset};
 
 /// How deep a task sits in a taskset document: `{"tasks": [ {...} ]}`.
 const TASK_DEPTH: usize = 2;
@@ -25,7 +25,9 @@ const TASK_DEPTH: usize = 2;
 pub struct RenderedTasks {
     /// The file that write produced; the texts describe that version and no other.
     written: Option<Fingerprint>,
-    by_id: HashMap<String, Box<RawValue>>,
+    /// In the order of the tasks, with their ids: a task is matched by position and id, so
+    /// no hashing is spent on the thousands of tasks a write leaves alone.
+    texts: Vec<(String, Box<RawValue>)>,
 }
 
 impl RenderedTasks {
@@ -39,25 +41,20 @@ impl RenderedTasks {
         changed: &[String],
     ) -> Vec<u8> {
         let current = read.is_some() && read == self.written;
-        let mut kept = std::mem::take(&mut self.by_id);
+        let mut kept = std::mem::take(&mut self.texts).into_iter();
         if !current {
-            kept.clear();
+            kept = Vec::new().into_iter();
         }
-        for id in changed {
-            kept.remove(id);
-        }
+        let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
         let mut texts = Vec::with_capacity(taskset.tasks.len());
         for task in &taskset.tasks {
-            let text = match kept.remove(&task.id) {
-                Some(text) => text,
-                None => {
-                    let bytes = json::to_pretty_bytes_at(task, TASK_DEPTH)
-                        .expect("a task serializes to JSON");
-                    let text = String::from_utf8(bytes).expect("JSON is UTF-8");
-                    RawValue::from_string(text).expect("a task's own JSON parses")
-                }
-            };
-            texts.push(text);
+            let reusable = kept
+                .next()
+                .filter(|(id, _)| *id == task.id && !changed.contains(id.as_str()));
+            texts.push(match reusable {
+                Some(kept) => kept,
+                None => (task.id.clone(), render_task(task)),
+            });
         }
         let bytes = json::to_pretty_bytes(&Document {
             taskset,
@@ -68,12 +65,7 @@ impl RenderedTasks {
             bytes == taskset.to_json_bytes(),
             "a kept task text is stale: a write changed a task it did not list"
         );
-        self.by_id = taskset
-            .tasks
-            .iter()
-            .map(|task| task.id.clone())
-            .zip(texts)
-            .collect();
+        self.texts = texts;
         self.written = None;
         bytes
     }
@@ -85,10 +77,16 @@ impl RenderedTasks {
     }
 }
 
+fn render_task(task: &Task) -> Box<RawValue> {
+    let bytes = json::to_pretty_bytes_at(task, TASK_DEPTH).expect("a task serializes to JSON");
+    let text = String::from_utf8(bytes).expect("JSON is UTF-8");
+    RawValue::from_string(text).expect("a task's own JSON parses")
+}
+
 /// A taskset with its tasks given as text.
 struct Document<'a> {
     taskset: &'a Taskset,
-    texts: &'a [Box<RawValue>],
+    texts: &'a [(String, Box<RawValue>)],
 }
 
 impl Serialize for Document<'_> {
@@ -98,12 +96,12 @@ impl Serialize for Document<'_> {
     }
 }
 
-struct Texts<'a>(&'a [Box<RawValue>]);
+struct Texts<'a>(&'a [(String, Box<RawValue>)]);
 
 impl Serialize for Texts<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for text in self.0 {
+        for (_, text) in self.0 {
             seq.serialize_element(text)?;
         }
         seq.end()
@@ -131,7 +129,7 @@ mod tests {
         let mut rendered = RenderedTasks::default();
         let bytes = rendered.render(&taskset, Some(fingerprint), &[]);
         assert_eq!(bytes, taskset.to_json_bytes());
-        assert_eq!(rendered.by_id.len(), taskset.tasks.len());
+        assert_eq!(rendered.texts.len(), taskset.tasks.len());
     }
 
     #[test]
