@@ -476,13 +476,15 @@ w5() {
     row "W5 claim 1 task ($W5_TASKS-task taskset)" w5.claim_1 - info 0
     row "W5 claim 8 in one write (vs 8 writes)" w5.claim_8_batched w5.claim_8_separate info 0
     row "W5 claim 8 in one write (vs claim 1)" w5.claim_8_batched w5.claim_1 ratio 1.5
+    row "W5 claim 1 task as the core does (vs a plain update)" w5.claim_1_held w5.claim_1 info 0
 }
 
 w6() {
     say "W6 scheduler decision"
     cargo_bench scheduler
     row "W6 plan, $W6_QUEUED queued, $W6_POOLS pools" w6.plan_common - max 1
-    row "W6 plan, worst case (whole queue walked)" w6.plan_worst - max 1
+    row "W6 plan, every pool full but one, its tasks last" w6.plan_worst - max 1
+    row "W6 plan, footprints hold back all but the first tasks" w6.plan_footprints - info 0
 }
 
 # ----- the run ------------------------------------------------------------------------------

@@ -154,6 +154,23 @@ pub fn footprint_conflict<'a>(
         .find(|(holder, other)| footprint.overlaps(other) && holder != key)
 }
 
+/// Where a task can go: the pools that can serve it and whether they are mapped to its skill.
+/// Tasks of one skill share a route, so there are few.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Route {
+    pools: Arc<[usize]>,
+    direct: bool,
+}
+
+impl Route {
+    fn of(needs: &Needs) -> Route {
+        Route {
+            pools: needs.pools.clone(),
+            direct: needs.direct,
+        }
+    }
+}
+
 /// The runnable tasks in policy order.
 #[derive(Debug)]
 pub struct Queue {
@@ -163,6 +180,9 @@ pub struct Queue {
     positions: HashMap<Arc<str>, HashMap<Arc<str>, Position>>,
     /// The same tasks oldest first, to find those waiting past `starvation_after`.
     by_age: BTreeSet<(NaiveDateTime, TaskKey)>,
+    /// The same tasks by route, each in queue order: a decision walks only the routes that
+    /// lead to a pool with room, so tasks bound for full pools cost it nothing.
+    by_route: HashMap<Route, BTreeSet<Position>>,
 }
 
 impl Queue {
@@ -172,6 +192,7 @@ impl Queue {
             order: BTreeMap::new(),
             positions: HashMap::new(),
             by_age: BTreeSet::new(),
+            by_route: HashMap::new(),
         }
     }
 
@@ -215,6 +236,10 @@ impl Queue {
             footprint: task.footprint,
         };
         self.by_age.insert((position.ready_at, task.key.clone()));
+        self.by_route
+            .entry(Route::of(&needs))
+            .or_default()
+            .insert(position.clone());
         self.order.insert(position.clone(), needs);
         self.positions
             .entry(task.key.spec.clone())
@@ -232,18 +257,29 @@ impl Queue {
         if tasks.is_empty() {
             self.positions.remove(&key.spec);
         }
-        self.by_age
-            .remove(&(position.ready_at, position.key.clone()));
-        self.order.remove(&position);
+        self.forget(&position);
         true
     }
 
     /// Removes every task of one spec (before its fresh state is queued again).
     pub fn remove_spec(&mut self, spec: &str) {
         for (_, position) in self.positions.remove(spec).into_iter().flatten() {
-            self.by_age
-                .remove(&(position.ready_at, position.key.clone()));
-            self.order.remove(&position);
+            self.forget(&position);
+        }
+    }
+
+    /// Drops a task from every index but `positions`.
+    fn forget(&mut self, position: &Position) {
+        self.by_age
+            .remove(&(position.ready_at, position.key.clone()));
+        if let Some(needs) = self.order.remove(position) {
+            let route = Route::of(&needs);
+            if let Some(tasks) = self.by_route.get_mut(&route) {
+                tasks.remove(position);
+                if tasks.is_empty() {
+                    self.by_route.remove(&route);
+                }
+            }
         }
     }
 
@@ -255,6 +291,15 @@ impl Queue {
     /// Tasks in policy order with their needs (for the planner).
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&TaskKey, &Needs)> {
         self.order.iter().map(|(p, needs)| (&p.key, needs))
+    }
+
+    /// The routes of the queued tasks with their tasks in queue order, and each task's needs.
+    fn routes(&self) -> impl Iterator<Item = (&Route, &BTreeSet<Position>)> {
+        self.by_route.iter()
+    }
+
+    fn needs_at(&self, position: &Position) -> Option<&Needs> {
+        self.order.get(position)
     }
 
     /// Tasks that became ready before `before`, oldest first, with their needs.

@@ -15,12 +15,15 @@
 //! - with `starvation_after`, tasks that became ready before the cut-off come first, oldest
 //!   first, under every policy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 
-use super::{footprint_conflict, HeldFootprints, Needs, Queue, Resources, TaskKey};
+use super::{
+    footprint_conflict, HeldFootprints, Needs, Position, Queue, Resources, Route, TaskKey,
+};
 use crate::config::SchedulingPolicy;
 
 /// Load and limits of one pool as the planner sees it.
@@ -109,22 +112,10 @@ pub fn plan(queue: &Queue, input: PlanInput<'_>) -> Plan {
         }
     }
     match queue.policy() {
-        SchedulingPolicy::Priority | SchedulingPolicy::Fifo => {
-            for (key, needs) in queue.entries() {
-                if planner.full() {
-                    break;
-                }
-                planner.offer(key, needs);
-            }
-        }
+        SchedulingPolicy::Priority | SchedulingPolicy::Fifo => planner.in_order(queue, |_| true),
         SchedulingPolicy::SkillBased => {
             for direct in [true, false] {
-                for (key, needs) in queue.entries().filter(|(_, n)| n.direct == direct) {
-                    if planner.full() {
-                        break;
-                    }
-                    planner.offer(key, needs);
-                }
+                planner.in_order(queue, |route| route.direct == direct);
             }
         }
         SchedulingPolicy::FairShare => planner.fair_share(queue),
@@ -224,6 +215,46 @@ impl Planner<'_> {
         }
         self.plan.assignments.push((key.clone(), pool));
         true
+    }
+
+    /// Offers the queued tasks of the routes `wanted` accepts in queue order, as a walk of
+    /// the whole queue would, but merging only the routes that lead to a pool with room: a
+    /// task none of whose pools has room cannot be placed (and leaves no trace when offered),
+    /// and a pool never gains room during a decision, so a route is dropped for good once its
+    /// pools are full. The cost follows the tasks that could go somewhere, not the queue.
+    fn in_order(&mut self, queue: &Queue, wanted: impl Fn(&Route) -> bool) {
+        let mut routes: Vec<(&Route, std::collections::btree_set::Iter<'_, Position>)> = queue
+            .routes()
+            .filter(|(route, _)| wanted(route) && self.has_room_on(route))
+            .map(|(route, tasks)| (route, tasks.iter()))
+            .collect();
+        let mut heads = BinaryHeap::new();
+        for (at, (_, tasks)) in routes.iter_mut().enumerate() {
+            if let Some(position) = tasks.next() {
+                heads.push(Reverse((position, at)));
+            }
+        }
+        while let Some(Reverse((position, at))) = heads.pop() {
+            if self.full() {
+                break;
+            }
+            if !self.has_room_on(routes[at].0) {
+                continue;
+            }
+            if let Some(needs) = queue.needs_at(position) {
+                self.offer(&position.key, needs);
+            }
+            if let Some(next) = routes[at].1.next() {
+                heads.push(Reverse((next, at)));
+            }
+        }
+    }
+
+    fn has_room_on(&self, route: &Route) -> bool {
+        route
+            .pools
+            .iter()
+            .any(|&pool| self.input.loads[pool].has_room())
     }
 
     /// Repeatedly gives the next place to the spec with the lowest running/weight that has a
@@ -357,6 +388,29 @@ mod tests {
         q.insert(task("s", "busy-first", 9, 0, &[0]));
         q.insert(task("s", "idle-second", 1, 0, &[1]));
         assert_eq!(World::new(&[(1, 1), (0, 1)]).plan(&q), ["s/idle-second@1"]);
+    }
+
+    #[test]
+    fn tasks_of_several_routes_are_offered_in_queue_order_and_full_routes_drop_out() {
+        let mut q = Queue::new(SchedulingPolicy::Priority);
+        q.insert(task("s", "a", 9, 0, &[0]));
+        q.insert(task("s", "b", 8, 0, &[2]));
+        q.insert(task("s", "c", 7, 0, &[0, 1]));
+        q.insert(task("s", "d", 6, 0, &[1]));
+        q.insert(task("s", "e", 5, 0, &[0]));
+        q.insert(task("s", "f", 4, 0, &[1]));
+        q.insert(task("s", "gone", 3, 0, &[1]));
+        q.remove(&TaskKey::new("s", "gone"));
+        q.insert(task("s", "g", 2, 0, &[0, 1]));
+        // Pool 0 has one place, pool 1 two, pool 2 none: b never goes; once pool 0 is full,
+        // c and g still reach pool 1, e does not.
+        let mut world = World::new(&[(0, 1), (0, 2), (1, 1)]);
+        assert_eq!(world.plan(&q), ["s/a@0", "s/c@1", "s/d@1"]);
+        let mut world = World::new(&[(0, 1), (0, 4), (1, 1)]);
+        assert_eq!(
+            world.plan(&q),
+            ["s/a@0", "s/c@1", "s/d@1", "s/f@1", "s/g@1"]
+        );
     }
 
     #[test]
