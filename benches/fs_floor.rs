@@ -1,7 +1,7 @@
 //! W1's file-system floor: the files one task's attempt creates in the state dir (scratch
-//! dir, runner dir, context, heartbeat, log, the synced runner record, supervisor.json and
-//! exit.json written atomically) and the later removal of its runner dir, for 1,000 tasks on
-//! 8 threads — no process is started and no registry is written. It shows how much of W1 is
+//! dir, runner dir, context, heartbeat, log, the runner record, supervisor.json renamed into
+//! place and exit.json written atomically and synced) and the later removal of its runner
+//! dir, for 1,000 tasks on 8 threads — no process is started and no registry is written. It shows how much of W1 is
 //! the state dir's durability on a given file system, whatever the dispatcher does around it.
 //!
 //! `cargo bench --bench fs_floor [-- --quick] [-- --dir PATH]` (default: a temp dir; pass a
@@ -44,9 +44,7 @@ fn one_task(root: &Path, n: usize) -> std::io::Result<PathBuf> {
         .create_new(true)
         .open(runner.join("runner.json"))?;
     record.write_all(&[b' '; 700])?;
-    record.sync_all()?;
-    File::open(&runner)?.sync_all()?;
-    fsutil::write_atomic(&runner.join("supervisor.json"), &[b' '; 90])?;
+    fsutil::replace(&runner.join("supervisor.json"), &[b' '; 90])?;
     fsutil::write_atomic(&runner.join("exit.json"), &[b' '; 200])?;
     Ok(runner)
 }
