@@ -95,13 +95,12 @@ fn main() {
     let mut held_claim = || {
         let id = next.to_string();
         next += 1;
-        let (_, taskset, fingerprint, reused) = registry
+        let (_, taskset, fingerprint, _) = registry
             .update_known(spec, &mut known, Some(&mut rendered), |ts, touched| {
                 touched.push(id.clone());
                 ((), claim(ts, &id, &format!("runner-bench-{id}")))
             })
             .expect("claim write");
-        let _ = reused;
         known = fingerprint.map(|fp| (fp, std::sync::Arc::new(taskset)));
     };
     held_claim(); // the first write renders every task

@@ -1,8 +1,9 @@
 //! W1's file-system floor: the files one task's attempt creates in the state dir (scratch
-//! dir, runner dir, context, heartbeat, log, the runner record, supervisor.json renamed into
-//! place and exit.json written atomically and synced) and the later removal of its runner
-//! dir, for 1,000 tasks on 8 threads — no process is started and no registry is written. It shows how much of W1 is
-//! the state dir's durability on a given file system, whatever the dispatcher does around it.
+//! dir, runner dir, context, heartbeat, log, the runner record, supervisor.json renamed
+//! into place, exit.json written atomically and synced) and the later removal of its runner
+//! dir, for 1,000 tasks on 8 threads; no process is started and no registry is written. It
+//! shows how much of W1 is the state dir on a given file system, whatever the dispatcher
+//! does around it.
 //!
 //! `cargo bench --bench fs_floor [-- --quick] [-- --dir PATH]` (default: a temp dir; pass a
 //! tmpfs path such as /dev/shm to compare).

@@ -327,9 +327,9 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
 }
 
 /// The program that supervises runners: `dispatcher-supervisor` beside this executable when
-/// it answers with this build's version, else this executable in its hidden mode. The small
-/// program starts in about half the time (far fewer relocations and pages to load), which
-/// is paid once per runner. Decided once per process.
+/// it answers with this build's id, else this executable in its hidden mode. The small
+/// program starts faster (far fewer relocations and pages to load: 1,000 starts 1.1 s
+/// against 1.5 s), which is paid once per runner. Decided once per process.
 fn supervisor_program() -> io::Result<&'static Path> {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     if let Some(program) = PROGRAM.get() {

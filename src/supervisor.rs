@@ -41,9 +41,14 @@ pub const SUPERVISE_ARG: &str = "__supervise";
 pub const SUPERVISOR_PROGRAM: &str = "dispatcher-supervisor";
 
 /// What `dispatcher-supervisor --version` prints: the dispatcher only uses a supervisor
-/// program of its own version (the runner directory protocol is not versioned otherwise).
+/// program of its own build (the runner directory protocol is not versioned otherwise; the
+/// build id is a hash of the sources, see `build.rs`).
 pub fn supervisor_version() -> String {
-    format!("{SUPERVISOR_PROGRAM} {}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "{SUPERVISOR_PROGRAM} {} (build {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("DISPATCHER_BUILD_ID")
+    )
 }
 
 /// Why the runner was stopped; decides how its attempt is counted.

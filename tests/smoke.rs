@@ -57,11 +57,18 @@ fn binary_in(dir: &Path) -> PathBuf {
 fn runners_are_supervised_by_the_program_beside_the_binary_or_by_the_binary_itself() {
     let env = Env::new();
     let parent = env.path().join("parent");
+    let pool = r#"
+[agent_pools.local]
+command = ["sh", "-c", "readlink /proc/$PPID/exe > \"$OUT\""]
+
+[skill_mapping]
+default = ["local"]
+"#;
     env.config(
         "",
         &format!(
-            "[agent_pools.local]\ncommand = [\"sh\", \"-c\", \"readlink /proc/$PPID/exe > \\\"$OUT\\\"\"]\nenv = {{ OUT = \"{}\" }}\n\n[skill_mapping]\ndefault = [\"local\"]\n",
-            parent.display()
+            "{pool}[agent_pools.local.env]\nOUT = {}\n",
+            toml_str(&parent.display().to_string())
         ),
     );
     let beside = Path::new(BIN).with_file_name("dispatcher-supervisor");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDateTime;
 use serde_json::json;
 
-use super::{Core, Finish, Running, SlotHold, WRITE_RETRY};
+use super::{Core, Finish, Running, SlotHold, RENDERED_BUDGET, WRITE_RETRY};
 use crate::config::RetrySettings;
 use crate::launcher::LaunchSpec;
 use crate::registry::{AttemptRecord, Event, Task, TaskState, Taskset};
@@ -343,6 +343,7 @@ impl Core {
         // Held again at once: what runs below (releases, give-backs) may look at it.
         let taskset = Arc::new(taskset);
         self.spec_state(spec).taskset = Some(taskset.clone());
+        self.keep_rendered_within_budget(spec);
         let mut claimed = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for ((pick, slot), attempt) in picks.into_iter().zip(attempts) {
@@ -464,6 +465,27 @@ impl Core {
         self.snapshot_dirty = true;
     }
 
+    /// Drops the kept task texts of the tasksets written longest ago while all of them
+    /// together exceed [`RENDERED_BUDGET`]; `spec` was just written.
+    fn keep_rendered_within_budget(&mut self, spec: &str) {
+        self.writes += 1;
+        let writes = self.writes;
+        self.spec_state(spec).written_seq = writes;
+        let mut total: usize = self.specs.values().map(|s| s.rendered.size()).sum();
+        while total > RENDERED_BUDGET {
+            let Some(oldest) = self
+                .specs
+                .values_mut()
+                .filter(|s| s.rendered.size() > 0)
+                .min_by_key(|s| s.written_seq)
+            else {
+                break;
+            };
+            total -= oldest.rendered.size();
+            oldest.rendered.clear();
+        }
+    }
+
     /// After a failed write: the taskset lent to it goes back, or, when the write took it (it
     /// may hold a change that never reached the file), the file is read again so that what
     /// the core places is what the registry says.
@@ -480,14 +502,27 @@ impl Core {
                 state.taskset = Some(taskset);
             }
             None if lent => {
-                let state = self.spec_state(spec);
-                state.fingerprint = None;
-                match self.registry.load(spec) {
-                    Ok(taskset) => self.spec_state(spec).taskset = Some(Arc::new(taskset)),
-                    Err(err) => log::warn!("cannot read taskset {spec} again: {err}"),
-                }
+                self.reload_taskset(spec);
             }
             None => {}
+        }
+    }
+
+    /// Reads a taskset the core lost its copy of (a write took it and failed). Until that
+    /// succeeds the spec stays suspended: the file did not change, so the monitor will not
+    /// send it again, and a spec without a taskset would never be scheduled nor hold up
+    /// `--until-idle`.
+    pub(super) fn reload_taskset(&mut self, spec: &str) -> bool {
+        self.spec_state(spec).fingerprint = None;
+        match self.registry.load(spec) {
+            Ok(taskset) => {
+                self.spec_state(spec).taskset = Some(Arc::new(taskset));
+                true
+            }
+            Err(err) => {
+                self.write_failed(spec, &format!("cannot read taskset {spec} again: {err}"));
+                false
+            }
         }
     }
 

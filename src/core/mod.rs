@@ -64,6 +64,9 @@ const WRITE_RETRY: Duration = Duration::from_secs(2);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Messages taken per turn after the first, so one flood cannot starve the commit.
 const BATCH: usize = 512;
+/// At most this much kept task text (see [`crate::registry::RenderedTasks`]) over all
+/// tasksets: enough for the busy ones, without doubling the memory of a big registry.
+const RENDERED_BUDGET: usize = 8 << 20;
 
 /// Requests from outside the core; a request that needs an answer carries its reply.
 pub enum Control {
@@ -192,6 +195,9 @@ struct SpecState {
     fingerprint: Option<crate::registry::Fingerprint>,
     /// Each task's text as our last write rendered it, reused for the tasks a write leaves.
     rendered: crate::registry::RenderedTasks,
+    /// When it was last written ([`Core::writes`] then): the texts of the tasksets written
+    /// longest ago go first when they exceed [`RENDERED_BUDGET`].
+    written_seq: u64,
 }
 
 /// The workspace slot a task holds.
@@ -316,6 +322,8 @@ pub struct Core {
     last_overrides_check: Instant,
     /// Runner directories of recorded attempts, removed in batches (see `sweep`).
     finished_dirs: Vec<PathBuf>,
+    /// Taskset writes so far (orders [`SpecState::written_seq`]).
+    writes: u64,
     last_sweep: Instant,
 
     pools: Vec<PoolRuntime>,
@@ -404,6 +412,7 @@ impl Core {
             overrides_read: false,
             last_overrides_check: Instant::now(),
             finished_dirs: Vec::new(),
+            writes: 0,
             last_sweep: Instant::now(),
             queue: scheduler::Queue::new(config.dispatcher.scheduling_policy),
             registry,
@@ -843,8 +852,12 @@ impl Core {
             .map(|(spec, _)| spec.clone())
             .collect();
         for spec in resume {
-            if let Some(state) = self.specs.get_mut(&spec) {
-                state.suspended_until = None;
+            let Some(state) = self.specs.get_mut(&spec) else {
+                continue;
+            };
+            state.suspended_until = None;
+            if state.taskset.is_none() && !self.reload_taskset(&spec) {
+                continue;
             }
             self.requeue_spec(&spec);
         }
@@ -1021,6 +1034,7 @@ impl Core {
                 never_runnable: None,
                 fingerprint: None,
                 rendered: crate::registry::RenderedTasks::default(),
+                written_seq: 0,
             })
     }
 

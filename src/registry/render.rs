@@ -10,8 +10,7 @@
 
 use std::collections::HashSet;
 
-use serde::ser::{Serialize, SerializeSeq, Serializer};
-use serde_json::value::RawValue;
+use serde::ser::{Serialize, Serializer};
 
 use super::json;
 use super::store::Fingerprint;
@@ -20,6 +19,11 @@ use super::{Task, Taskset};
 /// How deep a task sits in a taskset document: `{"tasks": [ {...} ]}`.
 const TASK_DEPTH: usize = 2;
 
+/// The top-level `tasks` entry of a document rendered with no tasks. Unique: keys one level
+/// deep follow a newline and two spaces, and no string holds a raw newline or an unescaped
+/// quote.
+const EMPTY_TASKS: &[u8] = b"\n  \"tasks\": []";
+
 /// The JSON text of each task of one taskset, as its last write rendered it.
 #[derive(Default, Debug)]
 pub struct RenderedTasks {
@@ -27,7 +31,9 @@ pub struct RenderedTasks {
     written: Option<Fingerprint>,
     /// In the order of the tasks, with their ids: a task is matched by position and id, so
     /// no hashing is spent on the thousands of tasks a write leaves alone.
-    texts: Vec<(String, Box<RawValue>)>,
+    texts: Vec<(String, Vec<u8>)>,
+    /// What `texts` holds, in bytes (for the caller's memory budget).
+    size: usize,
 }
 
 impl RenderedTasks {
@@ -56,15 +62,12 @@ impl RenderedTasks {
                 None => (task.id.clone(), render_task(task)),
             });
         }
-        let bytes = json::to_pretty_bytes(&Document {
-            taskset,
-            texts: &texts,
-        })
-        .expect("a taskset serializes to JSON");
+        let bytes = splice(taskset, &texts);
         debug_assert!(
             bytes == taskset.to_json_bytes(),
             "a kept task text is stale: a write changed a task it did not list"
         );
+        self.size = texts.iter().map(|(id, text)| id.len() + text.len()).sum();
         self.texts = texts;
         self.written = None;
         bytes
@@ -75,36 +78,57 @@ impl RenderedTasks {
     pub fn written_as(&mut self, fingerprint: Option<Fingerprint>) {
         self.written = fingerprint;
     }
-}
 
-fn render_task(task: &Task) -> Box<RawValue> {
-    let bytes = json::to_pretty_bytes_at(task, TASK_DEPTH).expect("a task serializes to JSON");
-    let text = String::from_utf8(bytes).expect("JSON is UTF-8");
-    RawValue::from_string(text).expect("a task's own JSON parses")
-}
+    /// The bytes of text kept.
+    pub fn size(&self) -> usize {
+        self.size
+    }
 
-/// A taskset with its tasks given as text.
-struct Document<'a> {
-    taskset: &'a Taskset,
-    texts: &'a [(String, Box<RawValue>)],
-}
-
-impl Serialize for Document<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.taskset
-            .serialize_with_tasks(serializer, &Texts(self.texts))
+    /// Drops the kept texts (the next write renders every task).
+    pub fn clear(&mut self) {
+        *self = RenderedTasks::default();
     }
 }
 
-struct Texts<'a>(&'a [(String, Box<RawValue>)]);
+fn render_task(task: &Task) -> Vec<u8> {
+    json::to_pretty_bytes_at(task, TASK_DEPTH).expect("a task serializes to JSON")
+}
 
-impl Serialize for Texts<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for (_, text) in self.0 {
-            seq.serialize_element(text)?;
+/// The document: the taskset rendered without its tasks, with the tasks' texts put in the
+/// empty list as the pretty printer lays out a list's items.
+fn splice(taskset: &Taskset, texts: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let frame = json::to_pretty_bytes(&Frame(taskset)).expect("a taskset serializes to JSON");
+    let list = frame
+        .windows(EMPTY_TASKS.len())
+        .position(|w| w == EMPTY_TASKS)
+        .expect("a taskset document has a tasks entry")
+        + EMPTY_TASKS.len()
+        - b"[]".len();
+    if texts.is_empty() {
+        return frame;
+    }
+    let items: usize = texts.iter().map(|(_, text)| text.len() + 6).sum();
+    let mut out = Vec::with_capacity(frame.len() + items + 4);
+    out.extend_from_slice(&frame[..list]);
+    out.push(b'[');
+    for (n, (_, text)) in texts.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
         }
-        seq.end()
+        out.extend_from_slice(b"\n    ");
+        out.extend_from_slice(text);
+    }
+    out.extend_from_slice(b"\n  ]");
+    out.extend_from_slice(&frame[list + b"[]".len()..]);
+    out
+}
+
+/// A taskset with an empty task list.
+struct Frame<'a>(&'a Taskset);
+
+impl Serialize for Frame<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_with_tasks(serializer, &[] as &[Task])
     }
 }
 
@@ -146,6 +170,22 @@ mod tests {
         assert!(String::from_utf8(bytes)
             .unwrap()
             .contains("\"state\": \"failed\""));
+    }
+
+    #[test]
+    fn size_counts_the_kept_text_and_clear_drops_it() {
+        let (_tmp, _registry, taskset, fingerprint) = chat_app();
+        let mut rendered = RenderedTasks::default();
+        let bytes = rendered.render(&taskset, None, &[]);
+        rendered.written_as(Some(fingerprint));
+        assert!(rendered.size() > 0 && rendered.size() < bytes.len());
+        rendered.clear();
+        assert_eq!((rendered.size(), rendered.texts.len()), (0, 0));
+        // Nothing kept, nothing trusted: the next render is whole and right.
+        assert_eq!(
+            rendered.render(&taskset, Some(fingerprint), &[]),
+            taskset.to_json_bytes()
+        );
     }
 
     #[test]
