@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use support::{cmd, default_to, ledger, pool, status_json, wait_for, Env, DEADLINE};
+use support::{cmd, ledger, only_pool, pool, status_json, wait_for, Env, DEADLINE};
 
 /// One pool `agents` of `max` runners running agent.sh with `env`, plus `extra` pool lines.
 fn agent_config(env: &Env, max: usize, vars: &[(&str, &str)], extra: &str) -> PathBuf {
@@ -22,9 +22,8 @@ fn agent_config(env: &Env, max: usize, vars: &[(&str, &str)], extra: &str) -> Pa
     env.config(
         "",
         &format!(
-            "[retry]\nmax_attempts = 1\ninitial_delay = \"100ms\"\n\n{}\n{}",
-            pool("agents", max, &cmd("agent.sh", &["{task_id}"]), &all, extra),
-            default_to("agents")
+            "[retry]\nmax_attempts = 1\ninitial_delay = \"100ms\"\n\n{}",
+            only_pool("agents", max, &cmd("agent.sh", &["{task_id}"]), &all, extra),
         ),
     );
     out
@@ -295,11 +294,7 @@ fn a_malformed_result_file_is_reported_and_the_exit_code_decides() {
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     env.config(
         "",
-        &format!(
-            "{}\n{}",
-            pool("agents", 1, &[script.display().to_string()], &[], ""),
-            default_to("agents")
-        ),
+        &only_pool("agents", 1, &[script.display().to_string()], &[], ""),
     );
     env.taskset("s", &[json!({"id": "m"})]);
     let log = run_to_end(&env, 0);
@@ -313,9 +308,8 @@ fn spender_config(env: &Env, vars: &[(&str, &str)], extra: &str, more: &str) {
     env.config(
         "",
         &format!(
-            "[retry]\nmax_attempts = 2\ninitial_delay = \"100ms\"\n\n{}\n{}\n{more}",
-            pool("agents", 2, &cmd("spender.sh", &["{task_id}"]), &all, extra),
-            default_to("agents")
+            "[retry]\nmax_attempts = 2\ninitial_delay = \"100ms\"\n\n{}\n{more}",
+            only_pool("agents", 2, &cmd("spender.sh", &["{task_id}"]), &all, extra),
         ),
     );
 }

@@ -34,17 +34,16 @@ fn configure(
     let mut vars = vec![("OUT_DIR", out_dir(env).display().to_string())];
     vars.extend(runner_env.iter().cloned());
     let text = format!(
-        "{}{}\n[retry]\nmax_attempts = 3\ninitial_delay = \"10ms\"\nmax_delay = \"50ms\"\n\
+        "{}\n[retry]\nmax_attempts = 3\ninitial_delay = \"10ms\"\nmax_delay = \"50ms\"\n\
          max_infra_retries = 1\n\n[repo_pool]\ndir = \"workspaces\"\n\n\
          [[repo_pool.repos]]\nname = \"app\"\nurl = {}\nslots = {slots}\n{repo_extra}\n",
-        pool(
+        only_pool(
             "agents",
             max,
             &cmd("agent_slot.sh", &["{task_id}"]),
             &vars,
             ""
         ),
-        default_to("agents"),
         toml_str(&origin.display().to_string()),
     );
     env.config("", &text);

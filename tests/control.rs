@@ -209,15 +209,14 @@ fn fair_share_split(weights: &str, per_spec: usize, expected: (usize, usize)) ->
     env.config(
         "scheduling_policy = \"fair-share\"",
         &format!(
-            "{weights}\n{}{}",
-            pool(
+            "{weights}\n{}",
+            only_pool(
                 "shared",
                 PLACES,
                 &cmd("hold.sh", &["{task_id}", "{spec}"]),
                 &bench.vars(),
                 ""
             ),
-            default_to("shared"),
         ),
     );
     for spec in ["a", "b"] {
@@ -314,16 +313,12 @@ fn start_order_on_one_place(dispatcher: &str, tasks: &[Value]) -> Vec<String> {
     // The pool serves skill "backend" by its name and every unmapped skill as the default.
     env.config(
         dispatcher,
-        &format!(
-            "{}{}",
-            pool(
-                "backend",
-                1,
-                &cmd("record.sh", &["{task_id}", "backend"]),
-                &vars,
-                ""
-            ),
-            default_to("backend"),
+        &only_pool(
+            "backend",
+            1,
+            &cmd("record.sh", &["{task_id}", "backend"]),
+            &vars,
+            "",
         ),
     );
     env.taskset("s", tasks);
@@ -385,16 +380,12 @@ fn quota_holds(quota_line: &str, key: &str, cap: f64, tasks: &[(&str, Value, i64
     vars.push(("SLEEP", "0.05".into()));
     env.config(
         "",
-        &format!(
-            "{}{}",
-            pool(
-                "q",
-                10,
-                &cmd("hold.sh", &["{task_id}", "q"]),
-                &vars,
-                quota_line
-            ),
-            default_to("q"),
+        &only_pool(
+            "q",
+            10,
+            &cmd("hold.sh", &["{task_id}", "q"]),
+            &vars,
+            quota_line,
         ),
     );
     let task_values: Vec<Value> = tasks
@@ -497,16 +488,12 @@ fn partial_resource_request_takes_the_pools_default_for_the_missing_part() {
     let bench = Bench::new(&env);
     env.config(
         "",
-        &format!(
-            "{}{}",
-            pool(
-                "q",
-                10,
-                &cmd("hold.sh", &["{task_id}", "q"]),
-                &bench.vars(),
-                "cpu_quota = 1\ndefault_resources = { cpu = 0.5, memory_mb = 0 }"
-            ),
-            default_to("q"),
+        &only_pool(
+            "q",
+            10,
+            &cmd("hold.sh", &["{task_id}", "q"]),
+            &bench.vars(),
+            "cpu_quota = 1\ndefault_resources = { cpu = 0.5, memory_mb = 0 }",
         ),
     );
     let asks_memory = json!({"resources": {"memory_mb": 10}});
@@ -634,16 +621,12 @@ fn priority_raised_while_running_changes_the_next_launch() {
     let bench = Bench::new(&env);
     env.config(
         "scheduling_policy = \"priority\"",
-        &format!(
-            "{}{}",
-            pool(
-                "solo",
-                1,
-                &cmd("hold.sh", &["{task_id}", "solo"]),
-                &bench.vars(),
-                ""
-            ),
-            default_to("solo"),
+        &only_pool(
+            "solo",
+            1,
+            &cmd("hold.sh", &["{task_id}", "solo"]),
+            &bench.vars(),
+            "",
         ),
     );
     env.taskset(
@@ -685,16 +668,12 @@ fn priority_change_keeps_the_tasks_place_in_fifo_order() {
     let bench = Bench::new(&env);
     env.config(
         "scheduling_policy = \"fifo\"",
-        &format!(
-            "{}{}",
-            pool(
-                "solo",
-                1,
-                &cmd("hold.sh", &["{task_id}", "solo"]),
-                &bench.vars(),
-                ""
-            ),
-            default_to("solo"),
+        &only_pool(
+            "solo",
+            1,
+            &cmd("hold.sh", &["{task_id}", "solo"]),
+            &bench.vars(),
+            "",
         ),
     );
     let at = |s: u32| format!("2026-11-29T09:00:{s:02}.000000");
@@ -728,15 +707,14 @@ fn family_config(env: &Env, bench: &Bench) -> String {
     env.config(
         "stop_grace_period = \"1s\"",
         &format!(
-            "[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n{}{}",
-            pool(
+            "[retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\n\n{}",
+            only_pool(
                 "local",
                 1,
                 &cmd("family.sh", &["{task_id}", &mark]),
                 &bench.vars(),
                 ""
             ),
-            default_to("local"),
         ),
     );
     mark
@@ -868,16 +846,12 @@ fn sighup_raising_max_concurrency_takes_effect_and_an_invalid_file_keeps_the_old
     let config = |max: usize, extra: &str| {
         env.config(
             "",
-            &format!(
-                "{}{}",
-                pool(
-                    "local",
-                    max,
-                    &cmd("hold.sh", &["{task_id}", "local"]),
-                    &bench.vars(),
-                    extra
-                ),
-                default_to("local"),
+            &only_pool(
+                "local",
+                max,
+                &cmd("hold.sh", &["{task_id}", "local"]),
+                &bench.vars(),
+                extra,
             ),
         );
     };
@@ -1173,10 +1147,9 @@ fn metrics_count_attempts_show_pools_and_deadlocks_in_the_textfile_and_the_comma
     env.config(
         "",
         &format!(
-            "[metrics]\ntextfile = {}\n\n{}{}",
+            "[metrics]\ntextfile = {}\n\n{}",
             toml_str(&textfile.display().to_string()),
-            pool("p", 2, &["true".to_string()], &[], "cpu_quota = 4"),
-            default_to("p")
+            only_pool("p", 2, &["true".to_string()], &[], "cpu_quota = 4"),
         ),
     );
     env.taskset(

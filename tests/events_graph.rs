@@ -126,15 +126,19 @@ fn a_malformed_event_line_is_reported_and_skipped() {
     );
 }
 
-#[test]
-fn follow_prints_events_appended_after_start() {
-    let (env, ordered) = env_with_events();
-    let mut child = env
-        .command(&["events", "--follow", "--json"])
+/// `dispatcher events --follow --json` in the background, its stdout piped.
+fn follow_json(env: &Env) -> std::process::Child {
+    env.command(&["events", "--follow", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn follow_prints_events_appended_after_start() {
+    let (env, ordered) = env_with_events();
+    let mut child = follow_json(&env);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -314,12 +318,7 @@ fn graph_output_without_dot_says_how_to_get_it() {
 #[test]
 fn follow_ends_when_its_reader_goes_away() {
     let (env, ordered) = env_with_events();
-    let mut child = env
-        .command(&["events", "--follow", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = follow_json(&env);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();

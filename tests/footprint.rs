@@ -49,11 +49,7 @@ impl Setup {
         vars.extend(more_vars.iter().cloned());
         env.config(
             dispatcher,
-            &format!(
-                "{}{}{extra}",
-                pool("work", max, command, &vars, ""),
-                default_to("work"),
-            ),
+            &format!("{}{extra}", only_pool("work", max, command, &vars, "")),
         );
         Setup { env, ledger, out }
     }

@@ -66,11 +66,7 @@ fn local_config(
 ) {
     env.config(
         dispatcher,
-        &format!(
-            "{retry}{}{}",
-            pool("local", max, command, vars, extra),
-            default_to("local")
-        ),
+        &format!("{retry}{}", only_pool("local", max, command, vars, extra)),
     );
 }
 
@@ -115,19 +111,15 @@ fn one_slot_ledger_config(env: &Env, policy: &str) -> PathBuf {
     let ledger = env.path().join("ledger");
     env.config(
         &format!("scheduling_policy = \"{policy}\""),
-        &format!(
-            "{}{}",
-            pool(
-                "solo",
-                1,
-                &cmd("record.sh", &["{task_id}", "solo"]),
-                &[
-                    ("LEDGER", ledger.display().to_string()),
-                    ("SLEEP", "0".into()),
-                ],
-                "",
-            ),
-            default_to("solo"),
+        &only_pool(
+            "solo",
+            1,
+            &cmd("record.sh", &["{task_id}", "solo"]),
+            &[
+                ("LEDGER", ledger.display().to_string()),
+                ("SLEEP", "0".into()),
+            ],
+            "",
         ),
     );
     ledger

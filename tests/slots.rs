@@ -25,6 +25,18 @@ struct Repo<'a> {
     slots: usize,
 }
 
+/// [`configure`] with one repository, `app` with `slots` slots, made here; returns its origin.
+fn configure_app(env: &Env, max: usize, slots: usize, runner_env: &[(&str, String)]) -> PathBuf {
+    let origin = make_origin(env, "app", &[]);
+    let app = Repo {
+        name: "app",
+        origin: &origin,
+        slots,
+    };
+    configure(env, max, &[app], runner_env);
+    origin
+}
+
 /// A config with one pool `agents` (of `max` runners) running `slot.sh {task_id}` with `env`
 /// plus `OUT_DIR`, serving every task, and the repository pools `repos` under `workspaces/`.
 fn configure(env: &Env, max: usize, repos: &[Repo<'_>], runner_env: &[(&str, String)]) {
@@ -207,13 +219,7 @@ fn assert_all_done(env: &Env, spec: &str) {
 fn concurrent_tasks_of_one_repo_get_distinct_slots_and_branches() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 2,
-    };
-    configure(&env, 2, &[app], &[("GATE_DIR", gates.dir())]);
+    let origin = configure_app(&env, 2, 2, &[("GATE_DIR", gates.dir())]);
     env.taskset("s", &[task("a", Some("app")), task("b", Some("app"))]);
 
     let mut run = env.spawn_run(&["--until-idle"]);
@@ -254,13 +260,7 @@ fn concurrent_tasks_of_one_repo_get_distinct_slots_and_branches() {
 #[test]
 fn the_task_branch_keeps_the_runners_commit_after_the_run() {
     let env = Env::new();
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(&env, 1, &[app], &[("COMMIT", "1".into())]);
+    let origin = configure_app(&env, 1, 1, &[("COMMIT", "1".into())]);
     env.taskset("s", &[task("t1", Some("app"))]);
 
     let (status, log) = env.run_until_idle();
@@ -291,13 +291,7 @@ fn the_task_branch_keeps_the_runners_commit_after_the_run() {
 #[test]
 fn changes_left_in_a_slot_are_gone_for_the_next_task_and_saved_as_a_patch() {
     let env = Env::new();
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(&env, 1, &[app], &[("DIRTY", "1".into())]);
+    let origin = configure_app(&env, 1, 1, &[("DIRTY", "1".into())]);
     env.taskset(
         "s",
         &[
@@ -477,13 +471,7 @@ fn a_task_of_another_repo_runs_while_one_repos_slots_are_busy() {
 fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 2,
-    };
-    configure(&env, 1, &[app], &[("GATE_DIR", gates.dir())]);
+    configure_app(&env, 1, 2, &[("GATE_DIR", gates.dir())]);
     env.taskset("s", &[task("t1", Some("app"))]);
 
     slots_sync(&env);
@@ -524,13 +512,7 @@ fn a_broken_slot_goes_to_error_and_the_task_runs_in_another() {
 #[test]
 fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart() {
     let env = Env::new();
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(&env, 1, &[app], &[]);
+    configure_app(&env, 1, 1, &[]);
     env.taskset("s", &[task("t1", Some("app"))]);
     slots_sync(&env);
     // The only slot breaks (its `.git` link gone): the task waits, and status says why.
@@ -571,16 +553,10 @@ fn a_slot_repaired_by_slots_sync_while_run_is_running_is_used_without_a_restart(
 fn a_restart_after_sigkill_frees_stale_slots() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 2,
-    };
-    configure(
+    configure_app(
         &env,
         2,
-        &[app],
+        2,
         &[("GATE_DIR", gates.dir()), ("DIRTY", "1".into())],
     );
     env.taskset("s", &[task("a", Some("app")), task("b", Some("app"))]);
@@ -668,13 +644,7 @@ fn a_restart_after_sigkill_frees_stale_slots() {
 #[test]
 fn a_task_of_an_unconfigured_repo_runs_in_the_scratch_dir() {
     let env = Env::new();
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(&env, 2, &[app], &[]);
+    configure_app(&env, 2, 1, &[]);
     env.taskset(
         "s",
         &[
@@ -705,16 +675,10 @@ fn a_task_of_an_unconfigured_repo_runs_in_the_scratch_dir() {
 fn a_runner_that_ended_while_the_dispatcher_was_down_gives_its_slot_back() {
     let env = Env::new();
     let gates = Gates::new(&env);
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(
+    configure_app(
         &env,
         2,
-        &[app],
+        1,
         &[("GATE_DIR", gates.dir()), ("DIRTY", "1".into())],
     );
     // a goes first; c waits for the only slot.
@@ -765,13 +729,7 @@ fn task_assigned_event_names_the_slot_and_branch() {
     // The dispatcher wrote `"assigned_slot": null` in every TaskAssigned event, slot or not,
     // where NecroCode's event names the slot and the branch the task was given.
     let env = Env::new();
-    let origin = make_origin(&env, "app", &[]);
-    let app = Repo {
-        name: "app",
-        origin: &origin,
-        slots: 1,
-    };
-    configure(&env, 2, &[app], &[]);
+    configure_app(&env, 2, 1, &[]);
     env.taskset("s", &[task("t1", Some("app")), task("t2", None)]);
 
     let (status, log) = env.run_until_idle();

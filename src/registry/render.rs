@@ -98,15 +98,15 @@ fn render_task(task: &Task) -> Vec<u8> {
 /// empty list as the pretty printer lays out a list's items.
 fn splice(taskset: &Taskset, texts: &[(String, Vec<u8>)]) -> Vec<u8> {
     let frame = json::to_pretty_bytes(&Frame(taskset)).expect("a taskset serializes to JSON");
+    if texts.is_empty() {
+        return frame;
+    }
     let list = frame
         .windows(EMPTY_TASKS.len())
         .position(|w| w == EMPTY_TASKS)
         .expect("a taskset document has a tasks entry")
         + EMPTY_TASKS.len()
         - b"[]".len();
-    if texts.is_empty() {
-        return frame;
-    }
     let items: usize = texts.iter().map(|(_, text)| text.len() + 6).sum();
     let mut out = Vec::with_capacity(frame.len() + items + 4);
     out.extend_from_slice(&frame[..list]);

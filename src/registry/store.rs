@@ -175,7 +175,7 @@ impl Registry {
         &self,
         spec: &str,
         known: &mut Option<(Fingerprint, Arc<Taskset>)>,
-        rendered: Option<&mut RenderedTasks>,
+        mut rendered: Option<&mut RenderedTasks>,
         f: impl FnOnce(&mut Taskset, &mut Vec<String>) -> (R, bool),
     ) -> Result<(R, Taskset, Option<Fingerprint>, bool), RegistryError> {
         names::validate("spec name", spec)?;
@@ -202,7 +202,6 @@ impl Registry {
             taskset.updated_at = Some(timefmt::now_string());
             // A change that breaks the rules (say, a duplicate id) must not reach the file.
             validate_at(&taskset, spec, &path)?;
-            let mut rendered = rendered;
             let bytes = match rendered.as_deref_mut() {
                 Some(rendered) => rendered.render(&taskset, read, &touched),
                 None => taskset.to_json_bytes(),

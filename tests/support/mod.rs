@@ -451,6 +451,21 @@ pub fn typed_pool(
     )
 }
 
+/// [`pool`] as the only pool, serving every task (`[skill_mapping] default`).
+pub fn only_pool(
+    name: &str,
+    max: usize,
+    command: &[String],
+    env: &[(&str, String)],
+    extra: &str,
+) -> String {
+    format!(
+        "{}{}",
+        pool(name, max, command, env, extra),
+        default_to(name)
+    )
+}
+
 /// Routes tasks without a mapped skill (and tasks without a skill) to `pool`.
 pub fn default_to(pool: &str) -> String {
     format!("[skill_mapping]\ndefault = [{}]\n", toml_str(pool))
