@@ -7,6 +7,8 @@
 #   bench/run.sh --quick    # tiny sizes: a smoke run that checks the machinery, not the targets
 #   bench/run.sh --only 3   # one workload (1-6); may be repeated
 #   bench/run.sh --keep     # keep the work directory (registries, logs) for inspection
+#   bench/run.sh --compare DIR  # W1 also with the dispatcher binaries in DIR (another build),
+#                               # interleaved in the same runs: before/after figures
 #
 # Not for CI: timings on shared machines are noisy. Only the --quick run may go there.
 set -euo pipefail
@@ -15,6 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 quick=0
 keep=0
+compare=
 only=()
 while (($#)); do
     case $1 in
@@ -22,7 +25,8 @@ while (($#)); do
         --keep) keep=1 ;;
         --only) shift; only+=("${1:?--only needs a workload number}") ;;
         --only=*) only+=("${1#--only=}") ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --compare) shift; compare=${1:?--compare needs a directory} ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -58,6 +62,10 @@ command -v python3 >/dev/null || { echo "run.sh: python3 is required" >&2; exit 
 say "building (release)"
 (cd "$root" && cargo build --release --quiet && cargo bench --no-run --quiet 2>/dev/null) >&2
 bin=$root/target/release/dispatcher
+if [[ -n $compare ]]; then
+    compare=$(cd "$compare" && pwd)/dispatcher
+    [[ -x $compare ]] || { echo "run.sh: no dispatcher in --compare's directory" >&2; exit 2; }
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dispatcher-bench.XXXXXX")
 cleanup() {
@@ -217,6 +225,16 @@ EOF
                     note "dispatcher exited $rc:"; tail -5 "$run/run.log" >&2; return 1
                 fi
                 sample "w1.disp.$layout.$fs" "$(((t1 - t0) / 1000))e-3"
+                [[ -n $compare ]] || continue
+                fresh "$fs" "$layout"
+                t0=$(now_ns)
+                rc=0
+                "$compare" --config "$run/dispatcher.toml" run --until-idle 2>"$run/run.log" || rc=$?
+                t1=$(now_ns)
+                if ((rc != 0)); then
+                    note "compared build exited $rc:"; tail -5 "$run/run.log" >&2; return 1
+                fi
+                sample "w1.cmp.$layout.$fs" "$(((t1 - t0) / 1000))e-3"
             done
         done
         t0=$(now_ns)
@@ -260,6 +278,15 @@ print(sum(t["state"] == "done" for f in glob.glob(sys.argv[1] + "/tasksets/*/tas
         row "W1, 10 tasksets, on tmpfs" w1.disp.10.tmpfs w1.xargs ratio 1.5
     fi
     row "W1 floor: two execs per task (xargs env true)" w1.xargs.env w1.xargs info -
+    if [[ -n $compare ]]; then
+        local place
+        for place in "${places[@]}"; do
+            for layout in 1 10; do
+                row "W1 $layout taskset(s), $place: the --compare build" "w1.cmp.$layout.$place" w1.xargs info -
+                row "W1 $layout taskset(s), $place: this build / the --compare build" "w1.disp.$layout.$place" "w1.cmp.$layout.$place" info -
+            done
+        done
+    fi
 }
 
 # ----- W2: scale of the registry ------------------------------------------------------------

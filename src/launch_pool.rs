@@ -128,13 +128,13 @@ fn start(
             // never hear of its end first.
             let _ = events.send(RunnerEvent::Started {
                 runner_id: job.runner_id.clone(),
-                supervisor_pid: Some(launched.supervisor.id()),
+                supervisor_pid: launched.supervisor_pid,
                 engine_id: None,
             });
             watchdog.send(WatchCommand::Watch(Box::new(Watch {
                 runner_id: job.runner_id,
                 dir: launched.dir,
-                supervisor: Some(launched.supervisor),
+                supervisor: launched.supervisor,
                 pidfd: launched.pidfd,
                 log_path: launched.log_path,
                 heartbeat_path: launched.heartbeat_path,

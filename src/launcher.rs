@@ -13,9 +13,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::PoolConfig;
+use crate::fsutil::FileLock;
 use crate::placeholders::Placeholders;
 use crate::registry::Task;
 use crate::runner_env::{self, EnvError, RunnerFacts};
+use crate::spawn_server::{SpawnFailure, SpawnRequest, SpawnServer};
 use crate::supervisor::RunnerDir;
 use crate::supervisor::{supervisor_version, RunnerRecord, SUPERVISE_ARG, SUPERVISOR_PROGRAM};
 use crate::sys::{self, PidFd};
@@ -51,7 +53,9 @@ pub struct LaunchSpec {
 pub struct Launched {
     pub runner_id: String,
     pub dir: RunnerDir,
-    pub supervisor: Child,
+    /// Our child when the supervisor was exec'd here; `None` when the spawn server forked it.
+    pub supervisor: Option<Child>,
+    pub supervisor_pid: Option<u32>,
     pub pidfd: Option<PidFd>,
     pub log_path: PathBuf,
     pub heartbeat_path: PathBuf,
@@ -263,7 +267,6 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         heartbeat_path,
     } = prepare(req, pool, &RunnerView::local(req))?;
     let dir = &req.runner_dir;
-    let log_err = log.try_clone().map_err(prepare_error(&req.log_path))?;
     // The record file is also the runner's lock. It is locked here and becomes the
     // supervisor's standard input, so the supervisor holds the lock from its first instant
     // and no other process inherits it. Our copy closes when `record_file` drops, without
@@ -290,11 +293,106 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
         .and_then(|()| record_file.rewind())
         .map_err(prepare_error(&record_path))?;
     let program = supervisor_program().map_err(prepare_error(Path::new("/proc/self/exe")))?;
+    let started = match fork_supervisor(req, program, &env, record_file, log)? {
+        Forked::Started(started) => started,
+        Forked::NotSent(record_file, log) => exec_supervisor(req, program, &env, record_file, log)?,
+    };
+    Ok(Launched {
+        runner_id: req.runner_id.clone(),
+        dir: dir.clone(),
+        supervisor: started.child,
+        supervisor_pid: started.pid,
+        pidfd: started.pidfd,
+        log_path: req.log_path.clone(),
+        heartbeat_path,
+    })
+}
+
+/// A supervisor that runs: our child when exec'd here, the spawn server's when forked.
+struct Started {
+    child: Option<Child>,
+    pid: Option<u32>,
+    pidfd: Option<PidFd>,
+}
+
+enum Forked {
+    Started(Started),
+    /// No spawn server took the request: the descriptors come back for an exec.
+    NotSent(File, File),
+}
+
+/// Has the spawn server fork the supervisor (see [`crate::spawn_server`]).
+fn fork_supervisor(
+    req: &LaunchSpec,
+    program: &Path,
+    env: &BTreeMap<OsString, OsString>,
+    record_file: File,
+    log: File,
+) -> Result<Forked, LaunchError> {
+    let server = spawn_server(program);
+    // The server's working directory changes with every request: relative paths would
+    // resolve against the previous runner's.
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let request = SpawnRequest {
+        dir: absolute(req.runner_dir.path()),
+        cwd: absolute(&req.workdir),
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let spawn_error = |source| LaunchError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    };
+    match server.spawn(&request, &record_file, &log) {
+        Ok(spawned) => {
+            let pidfd = spawned.pidfd.or_else(|| open_pidfd(req, spawned.pid));
+            Ok(Forked::Started(Started {
+                child: None,
+                pid: Some(spawned.pid),
+                pidfd,
+            }))
+        }
+        Err(SpawnFailure::Refused(message)) => Err(spawn_error(io::Error::other(message))),
+        Err(SpawnFailure::NotSent(err)) => {
+            log::warn!(
+                "runner {}: {err}; its supervisor is started directly",
+                req.runner_id
+            );
+            Ok(Forked::NotSent(record_file, log))
+        }
+        Err(failure @ SpawnFailure::Unconfirmed(_)) => {
+            // Only the lock can tell whether the server forked before it died: once our own
+            // copy is closed, a lock still held is a supervisor's (followed by its lock,
+            // without a pid); a free one means nothing runs.
+            drop(record_file);
+            match FileLock::try_acquire(&req.runner_dir.record_path()) {
+                Ok(None) => {
+                    log::warn!("runner {}: {failure}; its supervisor runs", req.runner_id);
+                    Ok(Forked::Started(Started {
+                        child: None,
+                        pid: None,
+                        pidfd: None,
+                    }))
+                }
+                _ => Err(spawn_error(io::Error::other(failure.to_string()))),
+            }
+        }
+    }
+}
+
+/// Starts the supervisor program as our own child (when no spawn server can).
+fn exec_supervisor(
+    req: &LaunchSpec,
+    program: &Path,
+    env: &BTreeMap<OsString, OsString>,
+    record_file: File,
+    log: File,
+) -> Result<Started, LaunchError> {
+    let log_err = log.try_clone().map_err(prepare_error(&req.log_path))?;
     let supervisor = Command::new(program)
         .arg(SUPERVISE_ARG)
-        .arg(dir.path())
+        .arg(req.runner_dir.path())
         .env_clear()
-        .envs(&env)
+        .envs(env)
         .current_dir(&req.workdir)
         .stdin(Stdio::from(record_file))
         .stdout(Stdio::from(log))
@@ -304,9 +402,18 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
             program: program.to_path_buf(),
             source,
         })?;
-    // The supervisor runs from here on: a failure to open its pidfd must not lose it (the
-    // watchdog then follows it by its lock instead).
-    let pidfd = match PidFd::open(supervisor.id()) {
+    let pid = supervisor.id();
+    Ok(Started {
+        child: Some(supervisor),
+        pid: Some(pid),
+        pidfd: open_pidfd(req, pid),
+    })
+}
+
+/// The supervisor runs from here on: a failure to open its pidfd must not lose it (the
+/// watchdog then follows it by its lock instead).
+fn open_pidfd(req: &LaunchSpec, pid: u32) -> Option<PidFd> {
+    match PidFd::open(pid) {
         Ok(pidfd) => Some(pidfd),
         Err(err) => {
             log::warn!(
@@ -315,15 +422,13 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
             );
             None
         }
-    };
-    Ok(Launched {
-        runner_id: req.runner_id.clone(),
-        dir: dir.clone(),
-        supervisor,
-        pidfd,
-        log_path: req.log_path.clone(),
-        heartbeat_path,
-    })
+    }
+}
+
+/// The spawn server of this process, run by `program` (decided once, like the program).
+fn spawn_server(program: &Path) -> &'static SpawnServer {
+    static SERVER: OnceLock<SpawnServer> = OnceLock::new();
+    SERVER.get_or_init(|| SpawnServer::new(program.to_path_buf()))
 }
 
 /// The program that supervises runners: `dispatcher-supervisor` beside this executable when

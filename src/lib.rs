@@ -35,6 +35,7 @@ pub mod runner_report;
 pub mod scheduler;
 pub mod slot_worker;
 pub mod slots;
+pub mod spawn_server;
 pub mod statedir;
 pub mod status;
 pub mod subprocess;

@@ -389,19 +389,32 @@ extern "C" fn on_terminate(_: libc::c_int) {
     sys::write_byte_from_handler(WAKE_FD.load(Ordering::Relaxed));
 }
 
-/// If this process was started as a supervisor, runs it and exits; otherwise returns at once.
-/// The `dispatcher` binary calls it first thing; a program that embeds the library and
-/// starts runners must call it first thing in `main` too.
+/// If this process was started as a supervisor (or as the spawn server that forks them, see
+/// [`crate::spawn_server`]), runs it and exits; otherwise returns at once. The `dispatcher`
+/// binary calls it first thing; a program that embeds the library and starts runners must
+/// call it first thing in `main` too.
 pub fn run_if_requested() {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if args.get(1).map(OsString::as_os_str) != Some(SUPERVISE_ARG.as_ref()) {
+    let mode = args.get(1).map(OsString::as_os_str);
+    if mode == Some(crate::spawn_server::SPAWN_SERVER_ARG.as_ref()) {
+        crate::spawn_server::serve();
+    }
+    if mode != Some(SUPERVISE_ARG.as_ref()) {
         return;
     }
     let Some(dir) = args.get(2) else {
         eprintln!("usage: {SUPERVISE_ARG} RUNNER_DIR < RUNNER_DIR/runner.json (locked)");
         std::process::exit(2);
     };
-    let code = match supervise(&RunnerDir::new(PathBuf::from(dir))) {
+    supervise_and_exit(&RunnerDir::new(PathBuf::from(dir)));
+}
+
+/// Supervises the runner of `dir` and exits: the body of a supervisor process, whether it
+/// was exec'd or forked by the spawn server. Expects the locked `runner.json` as standard
+/// input, the attempt's log as standard output and error, the runner's environment as its
+/// own and its working directory as the current one.
+pub(crate) fn supervise_and_exit(dir: &RunnerDir) -> ! {
+    let code = match supervise(dir) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("# dispatcher-supervisor: {err}");

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -198,4 +199,136 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
         .ok_or(())
+}
+
+/// The pool command of the spawn server tests: each runner appends `TASK SUPERVISOR SERVER
+/// SERVER'S_PARENT SERVER'S_COMMAND_LINE` to `$OUT`, read from /proc. Task `a` then kills its
+/// supervisor's parent, when `$KILL_SERVER_OF` names it, and waits until that is dead.
+const FAMILY_SCRIPT: &str = r#"
+sup=$PPID
+server=$(awk '{print $4}' /proc/$sup/stat)
+owner=$(awk '{print $4}' /proc/$server/stat)
+echo "$1 $sup $server $owner $(tr '\0' ' ' < /proc/$server/cmdline)" >> "$OUT"
+if [ "$1" = "$KILL_SERVER_OF" ]; then
+    kill -9 "$server"
+    while [ -e /proc/$server ] && ! awk '{exit $3 != "Z"}' /proc/$server/stat; do sleep 0.01; done
+fi
+"#;
+
+/// One line of [`FAMILY_SCRIPT`]'s output.
+struct Family {
+    task: String,
+    supervisor: u32,
+    server: u32,
+    server_parent: u32,
+    server_command: String,
+}
+
+fn run_families(
+    env: &Env,
+    tasks: &[serde_json::Value],
+    kill_server_of: &str,
+) -> (Vec<Family>, u32, String) {
+    let out = env.path().join("families");
+    let command = ["sh", "-c", FAMILY_SCRIPT, "sh", "{task_id}"].map(String::from);
+    env.config(
+        "",
+        &only_pool(
+            "local",
+            1,
+            &command,
+            &[
+                ("OUT", out.display().to_string()),
+                ("KILL_SERVER_OF", kill_server_of.to_string()),
+            ],
+            "",
+        ),
+    );
+    env.taskset("s", tasks);
+    let mut run = env.spawn_run(&["--until-idle"]);
+    let dispatcher = u32::try_from(run.pid()).unwrap();
+    let status = run.wait(DEADLINE);
+    let log = run.stderr();
+    assert_exit(status, 0, &log);
+    let families = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut fields = line.splitn(5, ' ');
+            let mut next = || fields.next().unwrap().to_string();
+            let task = next();
+            let mut pid = || next().parse::<u32>().unwrap();
+            let (supervisor, server, server_parent) = (pid(), pid(), pid());
+            Family {
+                task,
+                supervisor,
+                server,
+                server_parent,
+                server_command: fields.next().unwrap_or_default().to_string(),
+            }
+        })
+        .collect();
+    (families, dispatcher, log)
+}
+
+/// Supervisors are forked by one spawn server, the dispatcher's child, which ends when the
+/// dispatcher does (supervisors do not: another test kills the dispatcher under a runner).
+#[test]
+fn supervisors_are_forked_by_one_spawn_server_that_ends_with_the_dispatcher() {
+    let env = Env::new();
+    let tasks = ["a", "b", "c"].map(|id| json!({ "id": id }));
+    let (families, dispatcher, log) = run_families(&env, &tasks, "");
+    assert_eq!(families.len(), 3, "{log}");
+    let server = families[0].server;
+    for family in &families {
+        assert_eq!(family.server, server, "task {}: {log}", family.task);
+        assert_ne!(family.supervisor, server);
+        assert_eq!(family.server_parent, dispatcher);
+        assert!(
+            family.server_command.contains("__spawn-server"),
+            "{}",
+            family.server_command
+        );
+    }
+    assert_eq!(
+        families
+            .iter()
+            .map(|f| f.supervisor)
+            .collect::<HashSet<_>>()
+            .len(),
+        3,
+        "one supervisor per runner"
+    );
+    wait_for("the spawn server to end with the dispatcher", || {
+        !pid_alive(server)
+    });
+}
+
+/// A spawn server that dies between two launches is replaced: the next runner is forked by
+/// a new one, and nothing fails.
+#[test]
+fn a_lost_spawn_server_is_replaced_by_a_new_one() {
+    let env = Env::new();
+    let tasks = [
+        json!({"id": "a"}),
+        json!({"id": "b", "state": "blocked", "dependencies": ["a"]}),
+        json!({"id": "c", "state": "blocked", "dependencies": ["b"]}),
+    ];
+    let (families, dispatcher, log) = run_families(&env, &tasks, "a");
+    let servers: Vec<(&str, u32)> = families
+        .iter()
+        .map(|f| (f.task.as_str(), f.server))
+        .collect();
+    assert_eq!(servers.len(), 3, "{log}");
+    assert_eq!(servers[0].0, "a");
+    assert_ne!(
+        servers[1].1, servers[0].1,
+        "b was forked by the killed server: {log}"
+    );
+    assert_eq!(servers[2].1, servers[1].1);
+    assert!(families.iter().all(|f| f.server_parent == dispatcher));
+    assert!(log.contains("the spawn server is gone"), "{log}");
+    for id in ["a", "b", "c"] {
+        assert_eq!(env.state_of("s", id), "done");
+    }
 }

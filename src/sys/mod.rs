@@ -1,6 +1,9 @@
 //! The few Linux system calls the dispatcher needs beyond std, each behind a safe function:
 //! process-exit file descriptors (pidfd), a wake-up pipe, `poll`, and signals to processes and
-//! process groups. All `unsafe` of the crate lives here.
+//! process groups, fork for the spawn server, message sockets that carry descriptors
+//! ([`socket`]). All `unsafe` of the crate lives here.
+
+pub mod socket;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -27,6 +30,11 @@ impl PidFd {
         Ok(PidFd {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
+    }
+
+    /// A pidfd opened elsewhere (the spawn server sends the ones of its children).
+    pub fn from_owned(fd: OwnedFd) -> PidFd {
+        PidFd { fd }
     }
 
     /// Sends `signal` to the process; an exited process is not an error.
@@ -254,6 +262,68 @@ pub fn take_stdin() -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     Ok(file)
+}
+
+/// What [`fork_single_threaded`] returned in this process.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    Child,
+    Parent { child_pid: u32 },
+}
+
+/// Forks this process, which must have one thread only (checked first: after a fork the
+/// child of a threaded process may only make async-signal-safe calls, so that is an error).
+/// The spawn server is single-threaded by construction.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(io::Error::other(
+            "fork refused: this process has several threads",
+        ));
+    }
+    // SAFETY: with a single thread, the child is a complete copy of this process: no lock
+    // can be held by a thread that does not exist in it.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            child_pid: u32::try_from(pid).map_err(io::Error::other)?,
+        }),
+    }
+}
+
+/// The number of threads of this process (`/proc/self/stat`, field 20).
+fn thread_count() -> io::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_ascii_whitespace()
+        .nth(17)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other("cannot read the thread count in /proc/self/stat"))
+}
+
+/// Reaps every child that has exited, without waiting. Returns how many.
+pub fn reap_exited_children() -> usize {
+    let mut reaped = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return reaped;
+        }
+        reaped += 1;
+    }
+}
+
+/// Makes `target` (0, 1 or 2) a copy of `fd`, inheritable.
+pub fn dup_onto(fd: &impl AsRawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 of a descriptor we hold onto a standard descriptor number.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether this open file's flock(2) lock is held by this descriptor's open file
