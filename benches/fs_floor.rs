@@ -11,12 +11,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use dispatcher::fsutil;
 
 use common::{quick, report, time_n};
 
@@ -24,29 +21,8 @@ const THREADS: usize = 8;
 
 /// What the launcher and the supervisor write for one attempt.
 fn one_task(root: &Path, n: usize) -> std::io::Result<PathBuf> {
-    let (spec, task) = ("bench", format!("t{n}"));
-    fs::create_dir_all(root.join("scratch").join(spec).join(&task))?;
-    let runner = root.join("runners").join(format!("runner-default-x-{n}"));
-    fs::create_dir_all(&runner)?;
-    let logs = root.join("logs").join(spec).join(&task);
-    fs::create_dir_all(&logs)?;
-    fs::write(
-        runner.join("context.json"),
-        br#"{"task_id":"t","spec_name":"bench"}"#,
-    )?;
-    File::create(runner.join("heartbeat"))?;
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join("attempt-1.log"))?;
-    writeln!(log, "# dispatcher: runner {n}")?;
-    let mut record = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(runner.join("runner.json"))?;
-    record.write_all(&[b' '; 700])?;
-    fsutil::replace(&runner.join("supervisor.json"), &[b' '; 90])?;
-    fsutil::write_atomic(&runner.join("exit.json"), &[b' '; 200])?;
+    let runner = common::attempt_files_before_start(root, n)?;
+    common::attempt_files_after_end(&runner)?;
     Ok(runner)
 }
 

@@ -2,6 +2,8 @@
 //! by `bench/gen.py`, and the `RESULT` lines that `bench/run.sh` turns into its table.
 #![allow(dead_code)] // each bench binary uses a different subset
 
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -93,4 +95,38 @@ pub fn temp_dir() -> tempfile::TempDir {
 
 pub fn taskset_path(root: &Path, spec: &str) -> PathBuf {
     root.join("tasksets").join(spec).join("taskset.json")
+}
+
+/// The files the launcher writes for attempt `n` before its runner starts (scratch dir,
+/// runner dir, context, heartbeat, log, the runner record), as the dispatcher lays them out.
+/// Returns the runner dir.
+pub fn attempt_files_before_start(root: &Path, n: usize) -> std::io::Result<PathBuf> {
+    let (spec, task) = ("bench", format!("t{n}"));
+    fs::create_dir_all(root.join("scratch").join(spec).join(&task))?;
+    let runner = root.join("runners").join(format!("runner-default-x-{n}"));
+    fs::create_dir_all(&runner)?;
+    let logs = root.join("logs").join(spec).join(&task);
+    fs::create_dir_all(&logs)?;
+    fs::write(
+        runner.join("context.json"),
+        br#"{"task_id":"t","spec_name":"bench"}"#,
+    )?;
+    File::create(runner.join("heartbeat"))?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("attempt-1.log"))?;
+    writeln!(log, "# dispatcher: runner {n}")?;
+    let mut record = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(runner.join("runner.json"))?;
+    record.write_all(&[b' '; 700]).map(|()| runner)
+}
+
+/// What the supervisor writes around its runner: `supervisor.json` renamed into place, and
+/// `exit.json` written atomically and synced.
+pub fn attempt_files_after_end(runner: &Path) -> std::io::Result<()> {
+    dispatcher::fsutil::replace(&runner.join("supervisor.json"), &[b' '; 90])?;
+    dispatcher::fsutil::write_atomic(&runner.join("exit.json"), &[b' '; 200])
 }

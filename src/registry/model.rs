@@ -245,7 +245,7 @@ impl Taskset {
             ));
         }
         names::validate("spec name", &self.spec_name).map_err(|e| e.to_string())?;
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_capacity(self.tasks.len());
         for task in &self.tasks {
             names::validate("task id", &task.id).map_err(|e| e.to_string())?;
             if !seen.insert(task.id.as_str()) {

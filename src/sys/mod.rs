@@ -317,6 +317,27 @@ pub fn reap_exited_children() -> usize {
     }
 }
 
+/// Waits for any child of this process to end. Returns its pid and whether it exited with
+/// status 0.
+pub fn wait_any_child() -> io::Result<(u32, bool)> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            let pid = u32::try_from(pid).map_err(io::Error::other)?;
+            return Ok((
+                pid,
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            ));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Makes `target` (0, 1 or 2) a copy of `fd`, inheritable.
 pub fn dup_onto(fd: &impl AsRawFd, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 of a descriptor we hold onto a standard descriptor number.
