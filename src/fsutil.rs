@@ -27,7 +27,6 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = parent_dir(path);
-    fs::create_dir_all(dir)?;
     let tmp = temp_path(path);
     let result = write_temp(&tmp, bytes, durable).and_then(|()| fs::rename(&tmp, path));
     if let Err(err) = result {
@@ -43,12 +42,24 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 }
 
 fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let mut file = File::create(tmp)?;
+    let mut file = create_in_dir(tmp, |path| File::create(path))?;
     file.write_all(bytes)?;
     if durable {
         file.sync_all()?;
     }
     Ok(())
+}
+
+/// `open(path)`, creating the missing parent directories when that is why it failed. The
+/// directory nearly always exists: trying first spares a mkdir and a stat on every write.
+pub fn create_in_dir<T>(path: &Path, open: impl Fn(&Path) -> io::Result<T>) -> io::Result<T> {
+    match open(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(parent_dir(path))?;
+            open(path)
+        }
+        other => other,
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {

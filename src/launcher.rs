@@ -183,12 +183,13 @@ pub fn prepare(
         .append(true)
         .open(&req.log_path)
         .map_err(prepare_error(&req.log_path))?;
-    // A header line makes each attempt's log self-describing.
-    let _ = writeln!(
-        log,
-        "# dispatcher: runner {} task {}/{} attempt {} pool {}",
+    // A header line makes each attempt's log self-describing. Formatted first: written
+    // straight to the file, each piece of the format would be a write call of its own.
+    let header = format!(
+        "# dispatcher: runner {} task {}/{} attempt {} pool {}\n",
         facts.runner_id, facts.spec, facts.task.id, facts.attempt, facts.pool_name
     );
+    let _ = log.write_all(header.as_bytes());
 
     let shown_workdir = view
         .workdir

@@ -185,11 +185,21 @@ struct Watched {
     heartbeat_mtime: Option<SystemTime>,
 }
 
+impl Watched {
+    /// Its runner's pid is still expected from `supervisor.json`.
+    fn awaits_pid(&self) -> bool {
+        !self.pid_reported && self.since.elapsed() < PID_PATIENCE
+    }
+}
+
 struct Actor {
     events: Sender<RunnerEvent>,
     runners: HashMap<String, Watched>,
     last_look: Instant,
     last_usage: Instant,
+    /// When `supervisor.json`s were last looked for: at most every `PID_POLL`, however often
+    /// runners start and end (each wakes this thread).
+    last_pid_poll: Instant,
     /// Set by `StopAll`: runners handed over later (launched meanwhile) are stopped at once.
     stopping_all: Option<StopReason>,
     /// Stops for runners not handed over yet.
@@ -203,6 +213,7 @@ impl Actor {
             runners: HashMap::new(),
             last_look: Instant::now(),
             last_usage: Instant::now(),
+            last_pid_poll: Instant::now(),
             stopping_all: None,
             early_stops: HashMap::new(),
         }
@@ -233,7 +244,12 @@ impl Actor {
                 self.measure_usage();
                 self.last_usage = Instant::now();
             }
-            let waiting_for_pids = self.report_pids();
+            let waiting_for_pids = if self.last_pid_poll.elapsed() >= PID_POLL {
+                self.last_pid_poll = Instant::now();
+                self.report_pids()
+            } else {
+                self.runners.values().any(Watched::awaits_pid)
+            };
             // One descriptor per supervisor: readable once it has exited.
             let mut ids: Vec<String> = Vec::with_capacity(self.runners.len());
             let mut fds: Vec<RawFd> = vec![wake.as_raw_fd()];
@@ -247,7 +263,7 @@ impl Actor {
             if waiting_for_pids {
                 // A new supervisor reports its runner's pid within milliseconds; `status`
                 // should show it as soon as that.
-                wait = wait.min(PID_POLL);
+                wait = wait.min(PID_POLL.saturating_sub(self.last_pid_poll.elapsed()));
             }
             match sys::poll_readable(&fds, Some(wait)) {
                 Ok(ready) => {
@@ -342,7 +358,7 @@ impl Actor {
                     runner_id: id.clone(),
                     pid: info.runner_pid,
                 });
-            } else if watched.since.elapsed() < PID_PATIENCE {
+            } else if watched.awaits_pid() {
                 waiting = true;
             }
         }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fsutil;
 use crate::names;
 use crate::registry::{json, Registry, RegistryError};
 use crate::timefmt;
@@ -147,10 +148,9 @@ impl EventLog {
 }
 
 fn append_to(path: &Path, buf: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+    let mut file = fsutil::create_in_dir(path, |path| {
+        OpenOptions::new().append(true).create(true).open(path)
+    })?;
     // One write call: with O_APPEND the kernel places the whole buffer at the end atomically
     // with respect to other appenders on local file systems.
     let written = file.write(buf)?;

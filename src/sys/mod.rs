@@ -293,7 +293,10 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 
 /// The number of threads of this process (`/proc/self/stat`, field 20).
 fn thread_count() -> io::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // One read: the file is far shorter than the buffer and comes whole from one call.
+    let mut buf = [0u8; 1024];
+    let len = File::open("/proc/self/stat")?.read(&mut buf)?;
+    let stat = String::from_utf8_lossy(&buf[..len]);
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     after_name
