@@ -1,6 +1,6 @@
 //! The one place that starts runners: it prepares the attempt's files (context, heartbeat,
-//! log, `runner.json`), takes the runner's lock and starts the supervisor that owns the
-//! runner (see [`crate::supervisor`] for the protocol).
+//! log, `runner.json`), takes the runner's lock and has the supervisor that owns the runner
+//! started (see [`crate::supervisor`] for the protocol, [`crate::spawn_server`] for how).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,13 +13,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::PoolConfig;
-use crate::fsutil::FileLock;
 use crate::placeholders::Placeholders;
 use crate::registry::Task;
 use crate::runner_env::{self, EnvError, RunnerFacts};
 use crate::spawn_server::{SpawnFailure, SpawnRequest, SpawnServer};
-use crate::supervisor::RunnerDir;
 use crate::supervisor::{supervisor_version, RunnerRecord, SUPERVISE_ARG, SUPERVISOR_PROGRAM};
+use crate::supervisor::{Liveness, RunnerDir};
 use crate::sys::{self, PidFd};
 use crate::timefmt;
 
@@ -254,12 +253,13 @@ pub fn prepare(
     })
 }
 
-/// Starts one runner under its supervisor. The runner's record is written and its lock taken
-/// before the supervisor exists, and the supervisor inherits the locked descriptor, so there
-/// is no instant at which the runner exists with a free lock. The supervisor gets a session
-/// of its own, a null stdin, and the attempt's log as stdout and stderr (no pipes: nothing
-/// breaks if the dispatcher dies). The runner's environment is the supervisor's own, so
-/// secrets never go to disk.
+/// Starts one runner under its supervisor, forked by the spawn server (or exec'd here when
+/// no server takes the request). The runner's record is written and its lock taken before
+/// the supervisor exists, and the supervisor inherits the locked descriptor, so there is no
+/// instant at which the runner exists with a free lock. The supervisor gets a session of its
+/// own, a null stdin, and the attempt's log as stdout and stderr (no pipes: nothing breaks
+/// if the dispatcher dies). The runner's environment is the supervisor's own, so secrets
+/// never go to disk.
 pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchError> {
     let Prepared {
         env,
@@ -296,7 +296,7 @@ pub fn launch(req: &LaunchSpec, pool: &PoolConfig) -> Result<Launched, LaunchErr
     let program = supervisor_program().map_err(prepare_error(Path::new("/proc/self/exe")))?;
     let started = match fork_supervisor(req, program, &env, record_file, log)? {
         Forked::Started(started) => started,
-        Forked::NotSent(record_file, log) => exec_supervisor(req, program, &env, record_file, log)?,
+        Forked::Exec(record_file, log) => exec_supervisor(req, program, &env, record_file, log)?,
     };
     Ok(Launched {
         runner_id: req.runner_id.clone(),
@@ -318,8 +318,8 @@ struct Started {
 
 enum Forked {
     Started(Started),
-    /// No spawn server took the request: the descriptors come back for an exec.
-    NotSent(File, File),
+    /// No forked supervisor runs: the descriptors (the record locked) come back for an exec.
+    Exec(File, File),
 }
 
 /// Has the spawn server fork the supervisor (see [`crate::spawn_server`]).
@@ -344,29 +344,29 @@ fn fork_supervisor(
         source,
     };
     match server.spawn(&request, &record_file, &log) {
-        Ok(spawned) => {
-            let pidfd = spawned.pidfd.or_else(|| open_pidfd(req, spawned.pid));
-            Ok(Forked::Started(Started {
-                child: None,
-                pid: Some(spawned.pid),
-                pidfd,
-            }))
-        }
+        // Without the server's pidfd the supervisor is followed by its lock: a pidfd opened
+        // here could name another process, since the server may have reaped this one.
+        Ok(spawned) => Ok(Forked::Started(Started {
+            child: None,
+            pid: Some(spawned.pid),
+            pidfd: spawned.pidfd,
+        })),
         Err(SpawnFailure::Refused(message)) => Err(spawn_error(io::Error::other(message))),
         Err(SpawnFailure::NotSent(err)) => {
             log::warn!(
                 "runner {}: {err}; its supervisor is started directly",
                 req.runner_id
             );
-            Ok(Forked::NotSent(record_file, log))
+            Ok(Forked::Exec(record_file, log))
         }
         Err(failure @ SpawnFailure::Unconfirmed(_)) => {
-            // Only the lock can tell whether the server forked before it died: once our own
-            // copy is closed, a lock still held is a supervisor's (followed by its lock,
-            // without a pid); a free one means nothing runs.
+            // Only the runner's files can tell whether the server forked before it was lost
+            // (it is killed by now, so none of its copies hold the lock): once our own copy
+            // is closed, a lock still held is a supervisor's, and an `exit.json` is one that
+            // has already finished. The watchdog follows either by its lock, without a pid.
             drop(record_file);
-            match FileLock::try_acquire(&req.runner_dir.record_path()) {
-                Ok(None) => {
+            match req.runner_dir.liveness() {
+                Liveness::Alive | Liveness::Exited(_) => {
                     log::warn!("runner {}: {failure}; its supervisor runs", req.runner_id);
                     Ok(Forked::Started(Started {
                         child: None,
@@ -374,7 +374,27 @@ fn fork_supervisor(
                         pidfd: None,
                     }))
                 }
-                _ => Err(spawn_error(io::Error::other(failure.to_string()))),
+                Liveness::Lost => {
+                    // Nothing runs: the supervisor is exec'd here, under the lock taken again.
+                    log::warn!(
+                        "runner {}: {failure}; its supervisor is started directly",
+                        req.runner_id
+                    );
+                    let record_path = req.runner_dir.record_path();
+                    let relocked = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&record_path)
+                        .and_then(|file| {
+                            if sys::holds_flock(&file) {
+                                Ok(file)
+                            } else {
+                                Err(io::Error::other("the runner lock was taken meanwhile"))
+                            }
+                        })
+                        .map_err(prepare_error(&record_path))?;
+                    Ok(Forked::Exec(relocked, log))
+                }
             }
         }
     }
@@ -432,10 +452,11 @@ fn spawn_server(program: &Path) -> &'static SpawnServer {
     SERVER.get_or_init(|| SpawnServer::new(program.to_path_buf()))
 }
 
-/// The program that supervises runners: `dispatcher-supervisor` beside this executable when
-/// it answers with this build's id, else this executable in its hidden mode. The small
-/// program starts faster (far fewer relocations and pages to load: 1,000 starts 1.1 s
-/// against 1.5 s), which is paid once per runner. Decided once per process.
+/// The program that supervises runners — run as the spawn server, or exec'd per runner when
+/// no server can take a request: `dispatcher-supervisor` beside this executable when it
+/// answers with this build's id, else this executable in its hidden mode. The small program
+/// starts faster and its forks are cheaper (far fewer pages mapped: 1,000 starts 1.1 s
+/// against 1.5 s). Decided once per process.
 fn supervisor_program() -> io::Result<&'static Path> {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     if let Some(program) = PROGRAM.get() {

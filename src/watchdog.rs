@@ -37,9 +37,11 @@ const PID_PATIENCE: Duration = Duration::from_secs(5);
 pub struct Watch {
     pub runner_id: String,
     pub dir: RunnerDir,
-    /// Our child when we started the supervisor (reaped here); `None` when adopted.
+    /// Our child when we exec'd the supervisor (reaped here); `None` when the spawn server
+    /// forked it (and reaps it) or when it was adopted.
     pub supervisor: Option<Child>,
-    /// `None` when an adopted supervisor's pid is not known yet.
+    /// `None` when the supervisor's pid is not known (adopted, or a start the spawn server
+    /// could not confirm): it is then followed by its lock.
     pub pidfd: Option<PidFd>,
     pub log_path: PathBuf,
     pub heartbeat_path: PathBuf,

@@ -332,3 +332,70 @@ fn a_lost_spawn_server_is_replaced_by_a_new_one() {
         assert_eq!(env.state_of("s", id), "done");
     }
 }
+
+/// A spawn server that takes a request and dies without answering: the launch finds the
+/// runner's lock free and no `exit.json` (nothing was forked), so the supervisor is exec'd
+/// directly, and the task runs once. The stand-in is a script beside a copy of the binary
+/// that answers `--version` as the real supervisor program does, and passes exec'd
+/// supervisors on to it.
+#[test]
+fn a_spawn_server_lost_with_a_request_leaves_the_runner_to_an_execd_supervisor() {
+    let env = Env::new();
+    let real = Path::new(BIN).with_file_name("dispatcher-supervisor");
+    let version = std::process::Command::new(&real)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let program = binary_in(&env.path().join("broken"));
+    let stand_in = program.with_file_name("dispatcher-supervisor");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n--version) echo '{version}';;\n\
+             __spawn-server) head -c 1 >/dev/null;;\n*) exec {real} \"$@\";;\nesac\n",
+            version = version.trim(),
+            real = real.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let parent = env.path().join("parent");
+    let ledger = env.path().join("ledger");
+    let command = [
+        "sh",
+        "-c",
+        "readlink /proc/$PPID/exe > \"$OUT\"; echo ran >> \"$LEDGER\"",
+    ]
+    .map(String::from);
+    env.config(
+        "",
+        &only_pool(
+            "local",
+            1,
+            &command,
+            &[
+                ("OUT", parent.display().to_string()),
+                ("LEDGER", ledger.display().to_string()),
+            ],
+            "",
+        ),
+    );
+    env.taskset("s", &[json!({"id": "a"})]);
+    let out = env
+        .command_of(&program, &["run", "--until-idle"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("the spawn server did not answer"), "{log}");
+    assert!(log.contains("its supervisor is started directly"), "{log}");
+    assert_eq!(env.state_of("s", "a"), "done");
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "ran\n");
+    let seen = std::fs::read_to_string(&parent).unwrap();
+    assert_eq!(
+        Path::new(seen.trim()),
+        std::fs::canonicalize(&real).unwrap(),
+        "the runner's parent is the exec'd supervisor"
+    );
+}

@@ -88,8 +88,9 @@ impl MessageSocket {
     }
 
     /// Receives one message into `buf` and the descriptors that came with it into `fds`
-    /// (cleared first). Returns the message's length; `Ok(None)`: the other end is closed. A
-    /// message longer than `buf` is an error.
+    /// (cleared first). Returns the message's length; `Ok(None)`: the other end is closed
+    /// (which is why no empty message is ever sent). A message longer than `buf` is an
+    /// `InvalidData` error; its descriptors are in `fds` all the same.
     pub fn recv(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Option<usize>> {
         fds.clear();
         let mut control = ControlBuffer::new();
@@ -121,7 +122,8 @@ impl MessageSocket {
                     && (*header).cmsg_type == libc::SCM_RIGHTS
                 {
                     let data = libc::CMSG_DATA(header).cast::<RawFd>();
-                    let payload = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let payload =
+                        ((*header).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                     for i in 0..payload / std::mem::size_of::<RawFd>() {
                         fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                     }
