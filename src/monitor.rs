@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::registry::{Fingerprint, Registry, Taskset};
 use crate::sys::{self, Inotify, WakePipe};
@@ -37,35 +37,124 @@ pub enum RegistryEvent {
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     wake: Arc<WakePipe>,
-    written: Sender<(String, Fingerprint)>,
+    own: Arc<OwnWrites>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The core's own writes, shared with the monitor thread: the specs it is writing now, and
+/// the file each of its writes left. A scan that sees such a file neither reads it back nor
+/// sends it to the core as someone else's change. (A channel of notes sent after each write
+/// was always a little late: at a write per millisecond, a scan read one file in eight back.)
+#[derive(Default)]
+struct OwnWrites {
+    specs: Mutex<HashMap<String, OwnWrite>>,
+}
+
+#[derive(Default)]
+struct OwnWrite {
+    /// Between [`Monitor::begin_write`] and the end of its [`WriteMark`]. The core holds the
+    /// spec's lock meanwhile, so no other writer can have changed the file.
+    writing: bool,
+    written: Option<Fingerprint>,
+}
+
+/// What a scan makes of a changed file, from [`OwnWrites`].
+enum Own {
+    /// The core wrote this very file: nothing to read.
+    Written,
+    /// The core is writing it: look again once it is done.
+    Writing,
+    /// Someone else's change.
+    Not,
+}
+
+impl OwnWrites {
+    fn lookup(&self, spec: &str, fingerprint: Option<Fingerprint>) -> Own {
+        let specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        match specs.get(spec) {
+            Some(own) if own.writing => Own::Writing,
+            Some(own) if fingerprint.is_some() && own.written == fingerprint => Own::Written,
+            _ => Own::Not,
+        }
+    }
+
+    fn set(&self, spec: &str, writing: bool, written: Option<Fingerprint>) {
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        let own = specs.entry(spec.to_string()).or_default();
+        own.writing = writing;
+        if written.is_some() {
+            own.written = written;
+        }
+    }
+
+    fn forget(&self, spec: &str) {
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        if specs.get(spec).is_some_and(|own| !own.writing) {
+            specs.remove(spec);
+        }
+    }
+}
+
+/// A write of the core in progress (see [`Monitor::begin_write`]). Dropped without
+/// [`WriteMark::written`], it records nothing: the write failed or changed nothing.
+pub struct WriteMark {
+    own: Arc<OwnWrites>,
+    wake: Arc<WakePipe>,
+    spec: String,
+    written: Option<Fingerprint>,
+}
+
+impl WriteMark {
+    fn begin(own: &Arc<OwnWrites>, wake: &Arc<WakePipe>, spec: &str) -> WriteMark {
+        own.set(spec, true, None);
+        WriteMark {
+            own: own.clone(),
+            wake: wake.clone(),
+            spec: spec.to_string(),
+            written: None,
+        }
+    }
+
+    /// The write left the file with this fingerprint.
+    pub fn written(mut self, fingerprint: Option<Fingerprint>) {
+        self.written = fingerprint;
+    }
+}
+
+impl Drop for WriteMark {
+    fn drop(&mut self) {
+        self.own.set(&self.spec, false, self.written);
+        // A scan that met the spec mid-write waits for this.
+        self.wake.wake();
+    }
 }
 
 impl Monitor {
     pub fn spawn(registry: Registry, interval: Duration, events: Sender<RegistryEvent>) -> Monitor {
         let wake = Arc::new(WakePipe::new().expect("create the registry monitor's wake pipe"));
         let stop = Arc::new(AtomicBool::new(false));
-        let (written, written_rx) = crossbeam_channel::unbounded();
-        let (thread_wake, thread_stop) = (wake.clone(), stop.clone());
+        let own = Arc::new(OwnWrites::default());
+        let (thread_wake, thread_stop, thread_own) = (wake.clone(), stop.clone(), own.clone());
         let thread = thread::Builder::new()
             .name("registry-monitor".into())
             .spawn(move || {
                 let watcher = Watcher::new(&registry, thread_wake, thread_stop);
-                watcher.run(&registry, interval, &events, &written_rx);
+                watcher.run(&registry, interval, &events, &thread_own);
             })
             .expect("spawn registry monitor thread");
         Monitor {
             stop,
             wake,
-            written,
+            own,
             thread: Some(thread),
         }
     }
 
-    /// Tells the monitor that the core itself wrote this version of a taskset (and already
-    /// knows its content), so the next scan does not read it again.
-    pub fn note_written(&self, spec: &str, fingerprint: Fingerprint) {
-        let _ = self.written.send((spec.to_string(), fingerprint));
+    /// The core is about to write a taskset it holds (and so already knows the content of):
+    /// until the mark ends, scans do not read that file back, and afterwards they know the
+    /// file the write left. Call it before taking the spec's lock.
+    pub fn begin_write(&self, spec: &str) -> WriteMark {
+        WriteMark::begin(&self.own, &self.wake, spec)
     }
 
     /// Asks for a scan now instead of at the next interval.
@@ -123,23 +212,19 @@ impl Watcher {
         registry: &Registry,
         interval: Duration,
         events: &Sender<RegistryEvent>,
-        written: &Receiver<(String, Fingerprint)>,
+        own: &OwnWrites,
     ) {
         let mut known: HashMap<String, Option<Fingerprint>> = HashMap::new();
         loop {
-            for (spec, fingerprint) in written.try_iter() {
-                // Only for tasksets already seen: a first sight must always be read and sent.
-                if let Some(entry) = known.get_mut(&spec) {
-                    *entry = Some(fingerprint);
-                }
-            }
-            if !scan(registry, &mut known, events) {
+            let Some(mid_write) = scan(registry, &mut known, events, own) else {
                 log::debug!("core gone: registry monitor stops");
                 return;
-            }
+            };
             // After the scan, so a spec seen for the first time is watched before we wait.
             self.watch_dirs(registry, known.keys());
-            if !self.wait(interval) {
+            // A spec skipped mid-write is looked at again soon: the end of the write wakes us.
+            let wait = if mid_write { SETTLE } else { interval };
+            if !self.wait(wait) {
                 return;
             }
         }
@@ -197,48 +282,49 @@ impl Watcher {
     }
 }
 
-/// One pass. Returns false when the core is gone.
+/// One pass. Returns whether a spec was skipped because the core was writing it, or `None`
+/// when the core is gone.
 fn scan(
     registry: &Registry,
     known: &mut HashMap<String, Option<Fingerprint>>,
     events: &Sender<RegistryEvent>,
-) -> bool {
+    own: &OwnWrites,
+) -> Option<bool> {
     let started = std::time::Instant::now();
+    let done = |events: &Sender<RegistryEvent>, mid_write| {
+        let took = started.elapsed();
+        events
+            .send(RegistryEvent::ScanDone { took })
+            .is_ok()
+            .then_some(mid_write)
+    };
     let specs = match registry.list_specs() {
         Ok(specs) => specs,
         Err(err) => {
-            return events
+            events
                 .send(RegistryEvent::ScanFailed(err.to_string()))
-                .is_ok()
-                && events
-                    .send(RegistryEvent::ScanDone {
-                        took: started.elapsed(),
-                    })
-                    .is_ok();
+                .ok()?;
+            return done(events, false);
         }
     };
+    let mut mid_write = false;
     let mut seen = HashSet::with_capacity(specs.len());
     for spec in specs {
         // A fingerprint that cannot be read (bad name, permissions) is reported by load.
         let fingerprint = registry.fingerprint(&spec).ok().flatten();
-        let unchanged =
-            fingerprint.is_some() && known.get(&spec).is_some_and(|old| *old == fingerprint);
         seen.insert(spec.clone());
-        if unchanged {
+        let Some(old) = known.get_mut(&spec) else {
+            // A first sight is always read and sent, whoever wrote it.
+            send_read(registry, known, events, spec, fingerprint)?;
+            continue;
+        };
+        if fingerprint.is_some() && *old == fingerprint {
             continue;
         }
-        let taskset = registry
-            .load(&spec)
-            .map(Arc::new)
-            .map_err(|err| err.to_string());
-        known.insert(spec.clone(), fingerprint);
-        let changed = RegistryEvent::Changed {
-            spec,
-            taskset,
-            fingerprint,
-        };
-        if events.send(changed).is_err() {
-            return false;
+        match own.lookup(&spec, fingerprint) {
+            Own::Written => *old = fingerprint,
+            Own::Writing => mid_write = true,
+            Own::Not => send_read(registry, known, events, spec, fingerprint)?,
         }
     }
     let gone: Vec<String> = known
@@ -248,13 +334,109 @@ fn scan(
         .collect();
     for spec in gone {
         known.remove(&spec);
-        if events.send(RegistryEvent::Removed { spec }).is_err() {
-            return false;
-        }
+        own.forget(&spec);
+        events.send(RegistryEvent::Removed { spec }).ok()?;
     }
-    events
-        .send(RegistryEvent::ScanDone {
-            took: started.elapsed(),
-        })
-        .is_ok()
+    done(events, mid_write)
+}
+
+/// Reads a taskset whose file changed and sends it to the core; `None` when the core is gone.
+fn send_read(
+    registry: &Registry,
+    known: &mut HashMap<String, Option<Fingerprint>>,
+    events: &Sender<RegistryEvent>,
+    spec: String,
+    fingerprint: Option<Fingerprint>,
+) -> Option<()> {
+    let taskset = registry
+        .load(&spec)
+        .map(Arc::new)
+        .map_err(|err| err.to_string());
+    known.insert(spec.clone(), fingerprint);
+    let changed = RegistryEvent::Changed {
+        spec,
+        taskset,
+        fingerprint,
+    };
+    events.send(changed).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::test_support::copy_fixture_registry;
+    use crossbeam_channel::Receiver;
+
+    fn changed(events: &Receiver<RegistryEvent>) -> Vec<String> {
+        events
+            .try_iter()
+            .filter_map(|event| match event {
+                RegistryEvent::Changed { spec, .. } => Some(spec),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn touch(registry: &Registry, spec: &str, n: u64) -> Option<Fingerprint> {
+        registry
+            .update(spec, |t| {
+                t.metadata.insert("n".into(), n.into());
+                ((), true)
+            })
+            .unwrap();
+        registry.fingerprint(spec).unwrap()
+    }
+
+    #[test]
+    fn the_cores_own_writes_are_not_read_back_but_other_writes_are() {
+        let (_tmp, root) = copy_fixture_registry();
+        let registry = Registry::new(&root);
+        let (own, wake) = (
+            Arc::new(OwnWrites::default()),
+            Arc::new(WakePipe::new().unwrap()),
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut known = HashMap::new();
+        assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
+        let first = changed(&rx);
+        assert!(first.contains(&"tiny".to_string()), "{first:?}");
+
+        // Written by the core: known from the mark, not read.
+        let mark = WriteMark::begin(&own, &wake, "tiny");
+        let fingerprint = touch(&registry, "tiny", 1);
+        mark.written(fingerprint);
+        assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
+        assert!(changed(&rx).is_empty());
+        assert_eq!(known["tiny"], fingerprint);
+
+        // Written by someone else: read and sent.
+        touch(&registry, "tiny", 2);
+        assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
+        assert_eq!(changed(&rx), ["tiny"]);
+    }
+
+    #[test]
+    fn a_spec_met_mid_write_is_skipped_until_the_write_ends() {
+        let (_tmp, root) = copy_fixture_registry();
+        let registry = Registry::new(&root);
+        let (own, wake) = (
+            Arc::new(OwnWrites::default()),
+            Arc::new(WakePipe::new().unwrap()),
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut known = HashMap::new();
+        scan(&registry, &mut known, &tx, &own);
+        changed(&rx);
+
+        let mark = WriteMark::begin(&own, &wake, "tiny");
+        touch(&registry, "tiny", 1);
+        assert_eq!(scan(&registry, &mut known, &tx, &own), Some(true));
+        assert!(changed(&rx).is_empty());
+        // A write that records no fingerprint (it failed after the rename, say): the file is
+        // read like anyone else's, and the end of the mark asked for that scan.
+        drop(mark);
+        assert!(sys::poll_readable(&[wake.as_raw_fd()], Some(Duration::ZERO)).unwrap()[0]);
+        assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
+        assert_eq!(changed(&rx), ["tiny"]);
+    }
 }

@@ -283,6 +283,7 @@ impl Core {
             .get_mut(spec)
             .and_then(|s| Some((s.fingerprint?, s.taskset.take()?)));
         let lent = known.is_some();
+        let own_write = self.monitor.as_ref().map(|m| m.begin_write(spec));
         let rendered = self.specs.get_mut(spec).map(|s| &mut s.rendered);
         let result = self
             .registry
@@ -361,8 +362,8 @@ impl Core {
                 }
             }
         }
-        if let (Some(monitor), Some(fingerprint)) = (&self.monitor, fingerprint) {
-            monitor.note_written(spec, fingerprint);
+        if let Some(mark) = own_write {
+            mark.written(fingerprint);
         }
         let written_fingerprint = fingerprint;
 
@@ -454,7 +455,7 @@ impl Core {
         } else {
             self.spec_state(spec).fingerprint = written_fingerprint;
             // Another writer's change came in with this write; the monitor will not read this
-            // version again (we note it below), so every task is placed anew here.
+            // version again (the write mark told it), so every task is placed anew here.
             self.spec_state(spec).taskset = Some(taskset.clone());
             self.requeue_spec(spec);
         }
