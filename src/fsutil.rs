@@ -134,13 +134,14 @@ impl Drop for FileLock {
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    fs::create_dir_all(parent_dir(path))?;
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    create_in_dir(path, |path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    })
 }
 
 /// One non-blocking attempt; `Ok(false)` when the lock is held elsewhere.

@@ -55,6 +55,8 @@ struct OwnWrite {
     /// Between [`Monitor::begin_write`] and the end of its [`WriteMark`]. The core holds the
     /// spec's lock meanwhile, so no other writer can have changed the file.
     writing: bool,
+    /// A scan skipped the spec mid-write and waits to be woken when the write ends.
+    skipped: bool,
     written: Option<Fingerprint>,
 }
 
@@ -70,21 +72,31 @@ enum Own {
 
 impl OwnWrites {
     fn lookup(&self, spec: &str, fingerprint: Option<Fingerprint>) -> Own {
-        let specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        match specs.get(spec) {
-            Some(own) if own.writing => Own::Writing,
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        match specs.get_mut(spec) {
+            Some(own) if own.writing => {
+                own.skipped = true;
+                Own::Writing
+            }
             Some(own) if fingerprint.is_some() && own.written == fingerprint => Own::Written,
             _ => Own::Not,
         }
     }
 
-    fn set(&self, spec: &str, writing: bool, written: Option<Fingerprint>) {
+    fn begin(&self, spec: &str) {
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        specs.entry(spec.to_string()).or_default().writing = true;
+    }
+
+    /// Ends a write; returns whether a scan waits for that.
+    fn end(&self, spec: &str, written: Option<Fingerprint>) -> bool {
         let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
         let own = specs.entry(spec.to_string()).or_default();
-        own.writing = writing;
+        own.writing = false;
         if written.is_some() {
             own.written = written;
         }
+        std::mem::take(&mut own.skipped)
     }
 
     fn forget(&self, spec: &str) {
@@ -106,7 +118,7 @@ pub struct WriteMark {
 
 impl WriteMark {
     fn begin(own: &Arc<OwnWrites>, wake: &Arc<WakePipe>, spec: &str) -> WriteMark {
-        own.set(spec, true, None);
+        own.begin(spec);
         WriteMark {
             own: own.clone(),
             wake: wake.clone(),
@@ -123,9 +135,9 @@ impl WriteMark {
 
 impl Drop for WriteMark {
     fn drop(&mut self) {
-        self.own.set(&self.spec, false, self.written);
-        // A scan that met the spec mid-write waits for this.
-        self.wake.wake();
+        if self.own.end(&self.spec, self.written) {
+            self.wake.wake();
+        }
     }
 }
 
