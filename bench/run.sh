@@ -420,12 +420,16 @@ w3() {
 # CPU ticks (utime + stime) of one process.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# Sum of ticks of this run's supervisors (their command line names our work dir).
+# Sum of ticks of this run's supervisors and spawn server: the processes whose command line
+# holds __spawn-server (forked supervisors keep the server's) or __supervise, and whose
+# working directory is under our work dir (a runner's, or the dir of the last one started).
 supervisor_ticks() {
-    local total=0 p cmd
+    local total=0 p cmd cwd
     for p in /proc/[0-9]*; do
         cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
-        [[ $cmd == *__supervise*"$work"* ]] || continue
+        [[ $cmd == *__spawn-server* || $cmd == *__supervise* ]] || continue
+        cwd=$(readlink "$p/cwd" 2>/dev/null) || continue
+        [[ $cwd == "$work"* ]] || continue
         total=$((total + $(ticks "${p#/proc/}")))
     done
     echo "$total"
