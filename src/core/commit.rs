@@ -438,7 +438,7 @@ impl Core {
                 .or_default() += 1;
             changed.push(c.pick.key.id.to_string());
         }
-        self.events.append(events);
+        self.events.append(&events);
         changed.extend(refused);
         // A task held back until its patch was recorded is placed again, with the footprint
         // it learned from it.

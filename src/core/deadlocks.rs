@@ -53,7 +53,7 @@ impl Core {
             log::warn!("deadlock check: {}", finding.describe());
             let event = finding.event();
             if finding.task_id().is_some() || matches!(finding, Finding::Cycle { .. }) {
-                self.events.append(vec![event]);
+                self.events.append(&[event]);
             } else {
                 control::append_dispatcher_event(&self.state, &event);
             }

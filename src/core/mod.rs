@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::engine::EngineHub;
 use crate::launch_pool::LaunchPool;
 use crate::monitor::{Monitor, RegistryEvent};
-use crate::registry::{Event, EventLog, EventWriter, Registry, TaskState, Taskset};
+use crate::registry::{Event, EventLog, Registry, TaskState, Taskset};
 use crate::scheduler::{self, Resources, TaskKey};
 use crate::statedir::{InstanceLock, StateDir};
 use crate::status::StatusReport;
@@ -258,7 +258,7 @@ struct Drain {
 pub struct Core {
     config: Arc<Config>,
     registry: Registry,
-    events: EventWriter,
+    events: EventLog,
     state: StateDir,
     until_idle: bool,
     /// `host:state_dir`, written into each claim so a later dispatcher can recognise it.
@@ -358,7 +358,7 @@ pub struct Core {
 impl Core {
     pub fn new(config: Arc<Config>, state: StateDir, until_idle: bool) -> Core {
         let registry = Registry::new(&config.task_registry.dir);
-        let events = EventWriter::spawn(EventLog::new(&registry, state.event_fallback_path()));
+        let events = EventLog::new(&registry, state.event_fallback_path());
         let owner = format!(
             "{}:{}",
             crate::sys::hostname(),
@@ -544,11 +544,11 @@ impl Core {
             self.check_deadlocks(false);
             // Runner starts heard this turn go out before the ends this commit records.
             if !self.outbox.is_empty() {
-                self.events.append(std::mem::take(&mut self.outbox));
+                self.events.append(&std::mem::take(&mut self.outbox));
             }
             self.commit();
             if !self.outbox.is_empty() {
-                self.events.append(std::mem::take(&mut self.outbox));
+                self.events.append(&std::mem::take(&mut self.outbox));
             }
             self.publish(false);
             self.sweep(false);
@@ -569,9 +569,7 @@ impl Core {
             engines.shutdown();
         }
         self.slot_workers.take();
-        // Queued events and notices (the run's end among them) go out before the state dir
-        // is released.
-        self.events.flush();
+        // Queued notices (the run's end among them) go out before the state dir is released.
         self.notifier.take();
         self.watchdog.take();
         self.publish(true);

@@ -43,7 +43,7 @@ impl Core {
                         Event::new("TaskReady", spec, Some(id)).with("reason", "dependencies done")
                     })
                     .collect();
-                self.events.append(events);
+                self.events.append(&events);
                 // The file was replaced (or re-read): its fingerprint is not known here.
                 self.spec_state(spec).fingerprint = None;
                 if known_version != Some(read_version) {
@@ -150,7 +150,7 @@ impl Core {
                     run.attempt
                 );
                 self.events
-                    .append(vec![Event::new("RunnerAdopted", &key.spec, Some(&key.id))
+                    .append(&[Event::new("RunnerAdopted", &key.spec, Some(&key.id))
                         .with("runner_id", runner_id.as_str())
                         .with("attempt", run.attempt)
                         .with("pid", json!(run.pid))]);
@@ -184,7 +184,7 @@ impl Core {
                     "task {key} was left running by a previous dispatcher and its runner {runner_id} is gone; the attempt counts as lost"
                 );
                 self.events
-                    .append(vec![Event::new("RunnerLost", &key.spec, Some(&key.id))
+                    .append(&[Event::new("RunnerLost", &key.spec, Some(&key.id))
                         .with("runner_id", runner_id.as_str())
                         .with("attempt", run.attempt)]);
                 let exit = Exit::without_status(
@@ -225,7 +225,7 @@ impl Core {
         if let Some(job) = &job {
             event = event.with("engine_id", job.as_str());
         }
-        self.events.append(vec![event]);
+        self.events.append(&[event]);
         let pool_name = record.pool.clone();
         let pool_config = self.config.agent_pools.get(&pool_name).cloned();
         match (&self.engines, &pool_config) {

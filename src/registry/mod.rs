@@ -2,7 +2,6 @@
 //! store, and the append-only event log.
 
 mod error;
-mod event_writer;
 mod events;
 pub mod json;
 mod model;
@@ -10,7 +9,6 @@ mod render;
 mod store;
 
 pub use error::RegistryError;
-pub use event_writer::EventWriter;
 pub use events::{Event, EventLog};
 pub use model::{AttemptRecord, DispatcherMeta, Task, TaskState, Taskset};
 pub use render::RenderedTasks;
