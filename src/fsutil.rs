@@ -52,6 +52,8 @@ fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 
 /// `open(path)`, creating the missing parent directories when that is why it failed. The
 /// directory nearly always exists: trying first spares a mkdir and a stat on every write.
+/// NotFound is taken to mean a missing directory; when it means something else (a dangling
+/// symlink), the second open fails the same way and its error is returned.
 pub fn create_in_dir<T>(path: &Path, open: impl Fn(&Path) -> io::Result<T>) -> io::Result<T> {
     match open(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {

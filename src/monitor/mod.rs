@@ -3,11 +3,13 @@
 //! mtime, size and inode), and nothing else, so a scan's cost does not grow with tasksets
 //! that did not change.
 
+mod own_writes;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -15,6 +17,9 @@ use crossbeam_channel::Sender;
 
 use crate::registry::{Fingerprint, Registry, Taskset};
 use crate::sys::{self, Inotify, WakePipe};
+
+pub use own_writes::WriteMark;
+use own_writes::{Own, OwnWrites};
 
 pub enum RegistryEvent {
     /// A taskset was read (first sight or changed file), or could not be.
@@ -29,7 +34,8 @@ pub enum RegistryEvent {
     /// The tasksets directory itself could not be listed.
     ScanFailed(String),
     /// One full pass over the registry is complete; everything changed before it started
-    /// has been sent. `took` is how long the pass took.
+    /// has been sent, but for the core's own writes and the specs it was writing then (looked
+    /// at again once that write ends). `took` is how long the pass took.
     ScanDone { took: Duration },
 }
 
@@ -39,106 +45,6 @@ pub struct Monitor {
     wake: Arc<WakePipe>,
     own: Arc<OwnWrites>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// The core's own writes, shared with the monitor thread: the specs it is writing now, and
-/// the file each of its writes left. A scan that sees such a file neither reads it back nor
-/// sends it to the core as someone else's change. (A channel of notes sent after each write
-/// was always a little late: at a write per millisecond, a scan read one file in eight back.)
-#[derive(Default)]
-struct OwnWrites {
-    specs: Mutex<HashMap<String, OwnWrite>>,
-}
-
-#[derive(Default)]
-struct OwnWrite {
-    /// Between [`Monitor::begin_write`] and the end of its [`WriteMark`]. The core holds the
-    /// spec's lock meanwhile, so no other writer can have changed the file.
-    writing: bool,
-    /// A scan skipped the spec mid-write and waits to be woken when the write ends.
-    skipped: bool,
-    written: Option<Fingerprint>,
-}
-
-/// What a scan makes of a changed file, from [`OwnWrites`].
-enum Own {
-    /// The core wrote this very file: nothing to read.
-    Written,
-    /// The core is writing it: look again once it is done.
-    Writing,
-    /// Someone else's change.
-    Not,
-}
-
-impl OwnWrites {
-    fn lookup(&self, spec: &str, fingerprint: Option<Fingerprint>) -> Own {
-        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        match specs.get_mut(spec) {
-            Some(own) if own.writing => {
-                own.skipped = true;
-                Own::Writing
-            }
-            Some(own) if fingerprint.is_some() && own.written == fingerprint => Own::Written,
-            _ => Own::Not,
-        }
-    }
-
-    fn begin(&self, spec: &str) {
-        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        specs.entry(spec.to_string()).or_default().writing = true;
-    }
-
-    /// Ends a write; returns whether a scan waits for that.
-    fn end(&self, spec: &str, written: Option<Fingerprint>) -> bool {
-        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        let own = specs.entry(spec.to_string()).or_default();
-        own.writing = false;
-        if written.is_some() {
-            own.written = written;
-        }
-        std::mem::take(&mut own.skipped)
-    }
-
-    fn forget(&self, spec: &str) {
-        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
-        if specs.get(spec).is_some_and(|own| !own.writing) {
-            specs.remove(spec);
-        }
-    }
-}
-
-/// A write of the core in progress (see [`Monitor::begin_write`]). Dropped without
-/// [`WriteMark::written`], it records nothing: the write failed or changed nothing.
-pub struct WriteMark {
-    own: Arc<OwnWrites>,
-    wake: Arc<WakePipe>,
-    spec: String,
-    written: Option<Fingerprint>,
-}
-
-impl WriteMark {
-    fn begin(own: &Arc<OwnWrites>, wake: &Arc<WakePipe>, spec: &str) -> WriteMark {
-        own.begin(spec);
-        WriteMark {
-            own: own.clone(),
-            wake: wake.clone(),
-            spec: spec.to_string(),
-            written: None,
-        }
-    }
-
-    /// The write left the file with this fingerprint.
-    pub fn written(mut self, fingerprint: Option<Fingerprint>) {
-        self.written = fingerprint;
-    }
-}
-
-impl Drop for WriteMark {
-    fn drop(&mut self) {
-        if self.own.end(&self.spec, self.written) {
-            self.wake.wake();
-        }
-    }
 }
 
 impl Monitor {
@@ -164,7 +70,9 @@ impl Monitor {
 
     /// The core is about to write a taskset it holds (and so already knows the content of):
     /// until the mark ends, scans do not read that file back, and afterwards they know the
-    /// file the write left. Call it before taking the spec's lock.
+    /// file the write left. Call it before taking the spec's lock. Writes that take no mark
+    /// (control commands, start-up promotions) are read back like anyone else's: correct,
+    /// only not spared.
     pub fn begin_write(&self, spec: &str) -> WriteMark {
         WriteMark::begin(&self.own, &self.wake, spec)
     }
@@ -185,8 +93,9 @@ impl Drop for Monitor {
     }
 }
 
-/// Collecting the rename of a writer's temp file and the core's note about its own write
-/// before scanning saves reading a file twice; short next to any target latency.
+/// Collecting a writer's temp file and rename (several inotify events) before scanning saves
+/// scanning twice; short next to any target latency. Also how soon a spec skipped mid-write
+/// is looked at again, at the latest.
 const SETTLE: Duration = Duration::from_millis(10);
 
 /// Waits for the next reason to scan: a change inotify reports in the tasksets directory or
@@ -283,7 +192,7 @@ impl Watcher {
             return false;
         }
         if ready.get(1).copied().unwrap_or(false) {
-            // Let a burst of changes (a writer's temp file and rename, our own notes) settle.
+            // Let a burst of changes (a writer's temp file and rename) settle.
             let _ = sys::poll_readable(&[self.wake.as_raw_fd()], Some(SETTLE));
             if let Some(inotify) = &self.inotify {
                 inotify.drain();
@@ -413,13 +322,16 @@ mod tests {
         let first = changed(&rx);
         assert!(first.contains(&"tiny".to_string()), "{first:?}");
 
-        // Written by the core: known from the mark, not read.
+        // Written by the core: known from the mark, not read, even with the core's next
+        // write already under way.
         let mark = WriteMark::begin(&own, &wake, "tiny");
         let fingerprint = touch(&registry, "tiny", 1);
         mark.written(fingerprint);
+        let next = WriteMark::begin(&own, &wake, "tiny");
         assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
         assert!(changed(&rx).is_empty());
         assert_eq!(known["tiny"], fingerprint);
+        drop(next);
 
         // Written by someone else: read and sent.
         touch(&registry, "tiny", 2);
