@@ -213,28 +213,22 @@ EOF
         cp -r "$dir/tmpl-$2" "$run/registry"
         cp "$dir/w1.toml" "$run/dispatcher.toml"
     }
+    timed_run() { # timed_run BIN SERIES PLACE LAYOUT: one run in fresh directories, sampled
+        local t0 t1 rc=0
+        fresh "$3" "$4"
+        t0=$(now_ns)
+        "$1" --config "$run/dispatcher.toml" run --until-idle 2>"$run/run.log" || rc=$?
+        t1=$(now_ns)
+        if ((rc != 0)); then
+            note "$1 exited $rc:"; tail -5 "$run/run.log" >&2; return 1
+        fi
+        sample "$2" "$(((t1 - t0) / 1000))e-3"
+    }
     for ((i = 1; i <= RUNS; i++)); do
         for fs in "${places[@]}"; do
             for layout in 1 10; do
-                fresh "$fs" "$layout"
-                t0=$(now_ns)
-                rc=0
-                "$bin" --config "$run/dispatcher.toml" run --until-idle 2>"$run/run.log" || rc=$?
-                t1=$(now_ns)
-                if ((rc != 0)); then
-                    note "dispatcher exited $rc:"; tail -5 "$run/run.log" >&2; return 1
-                fi
-                sample "w1.disp.$layout.$fs" "$(((t1 - t0) / 1000))e-3"
-                [[ -n $compare ]] || continue
-                fresh "$fs" "$layout"
-                t0=$(now_ns)
-                rc=0
-                "$compare" --config "$run/dispatcher.toml" run --until-idle 2>"$run/run.log" || rc=$?
-                t1=$(now_ns)
-                if ((rc != 0)); then
-                    note "compared build exited $rc:"; tail -5 "$run/run.log" >&2; return 1
-                fi
-                sample "w1.cmp.$layout.$fs" "$(((t1 - t0) / 1000))e-3"
+                timed_run "$bin" "w1.disp.$layout.$fs" "$fs" "$layout" || return 1
+                [[ -z $compare ]] || timed_run "$compare" "w1.cmp.$layout.$fs" "$fs" "$layout" || return 1
             done
         done
         t0=$(now_ns)

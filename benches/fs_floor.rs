@@ -60,15 +60,10 @@ fn run(base: &Path, sample: usize, tasks: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let tasks = if quick() { 40 } else { 1000 };
     let samples = if quick() { 2 } else { 5 };
     let temp = common::temp_dir();
-    let base = args
-        .iter()
-        .position(|a| a == "--dir")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    let base = common::bench_dir(&temp);
     let root = base.join("dispatcher-fs-floor");
     let mut sample = 0;
     let stats = time_n(samples, || {

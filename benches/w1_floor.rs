@@ -12,7 +12,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -76,15 +76,10 @@ fn xargs(tasks: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let tasks = if quick() { 40 } else { 1000 };
     let samples = if quick() { 2 } else { 5 };
     let temp = common::temp_dir();
-    let base = args
-        .iter()
-        .position(|a| a == "--dir")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    let base = common::bench_dir(&temp);
     let root = base.join("dispatcher-w1-floor");
     let (mut design, mut baseline) = (Vec::new(), Vec::new());
     // One warm-up of each, then interleaved samples; every sample gets a fresh directory.

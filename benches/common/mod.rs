@@ -88,6 +88,16 @@ pub fn generate(root: &Path, args: &[&str]) {
     assert!(status.success(), "bench/gen.py {args:?} failed");
 }
 
+/// The directory a file-system bench works in: `--dir PATH` from the command line, else
+/// `temp` (a fresh temporary directory the caller keeps alive).
+pub fn bench_dir(temp: &tempfile::TempDir) -> PathBuf {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from)
+}
+
 /// A fresh temporary directory, removed when the value is dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")

@@ -298,6 +298,33 @@ mod tests {
             .collect()
     }
 
+    /// A copy of the fixture registry and what a scan of it needs.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        registry: Registry,
+        own: Arc<OwnWrites>,
+        wake: Arc<WakePipe>,
+        tx: Sender<RegistryEvent>,
+        rx: Receiver<RegistryEvent>,
+        known: HashMap<String, Option<Fingerprint>>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let (_tmp, root) = copy_fixture_registry();
+            let (tx, rx) = crossbeam_channel::unbounded();
+            Fixture {
+                _tmp,
+                registry: Registry::new(&root),
+                own: Arc::new(OwnWrites::default()),
+                wake: Arc::new(WakePipe::new().unwrap()),
+                tx,
+                rx,
+                known: HashMap::new(),
+            }
+        }
+    }
+
     fn touch(registry: &Registry, spec: &str, n: u64) -> Option<Fingerprint> {
         registry
             .update(spec, |t| {
@@ -310,14 +337,15 @@ mod tests {
 
     #[test]
     fn the_cores_own_writes_are_not_read_back_but_other_writes_are() {
-        let (_tmp, root) = copy_fixture_registry();
-        let registry = Registry::new(&root);
-        let (own, wake) = (
-            Arc::new(OwnWrites::default()),
-            Arc::new(WakePipe::new().unwrap()),
-        );
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut known = HashMap::new();
+        let Fixture {
+            _tmp,
+            registry,
+            own,
+            wake,
+            tx,
+            rx,
+            mut known,
+        } = Fixture::new();
         assert_eq!(scan(&registry, &mut known, &tx, &own), Some(false));
         let first = changed(&rx);
         assert!(first.contains(&"tiny".to_string()), "{first:?}");
@@ -341,14 +369,15 @@ mod tests {
 
     #[test]
     fn a_spec_met_mid_write_is_skipped_until_the_write_ends() {
-        let (_tmp, root) = copy_fixture_registry();
-        let registry = Registry::new(&root);
-        let (own, wake) = (
-            Arc::new(OwnWrites::default()),
-            Arc::new(WakePipe::new().unwrap()),
-        );
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut known = HashMap::new();
+        let Fixture {
+            _tmp,
+            registry,
+            own,
+            wake,
+            tx,
+            rx,
+            mut known,
+        } = Fixture::new();
         scan(&registry, &mut known, &tx, &own);
         changed(&rx);
 
