@@ -5,14 +5,25 @@
 //! decides is free. A dispatcher cannot beat this figure on the same file system while it
 //! keeps a supervisor per runner and the attempt's files.
 //!
+//! A second variant adds the registry protocol's durable part at its cheapest: before the
+//! parent forks the supervisors it can start, it records their claims and the ends it has
+//! reaped since its last write, as one batch, the way issue #3's durability rules require —
+//! per taskset touched, the events appended and `fdatasync`ed, then `taskset.json` replaced
+//! (temp file, fsync, rename, directory fsync). W1's two layouts (one taskset, ten); tasks
+//! are taken in taskset order, so a batch touches one or two tasksets. Nothing is rendered or
+//! parsed: the written bytes are W1's average taskset size. This is the floor of any dispatcher with this design and
+//! these durability rules on the same file system.
+//!
 //! `cargo bench --bench w1_floor [-- --quick] [-- --dir PATH]` (default: a temp dir; pass a
 //! tmpfs path such as /dev/shm to compare).
 
 #[path = "common/mod.rs"]
 mod common;
 
-use std::fs;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -21,6 +32,61 @@ use dispatcher::sys::{self, Forked};
 use common::{quick, report, Stats};
 
 const CONCURRENCY: usize = 8;
+/// W1's two layouts: one taskset of 1,000 tasks, ten of 100. A task is about 470 bytes of
+/// `taskset.json` ready and 1,320 done, so about 900 on average over a run.
+const LAYOUTS: [usize; 2] = [1, 10];
+const TASK_BYTES: usize = 900;
+/// About the size of a `TaskAssigned` or `RunnerFinished` line.
+const EVENT_BYTES: usize = 500;
+
+/// The registry's durable writes, without the work of deciding what to write.
+struct Protocol {
+    root: PathBuf,
+    tasks_per_taskset: usize,
+    taskset: Vec<u8>,
+    event: Vec<u8>,
+}
+
+impl Protocol {
+    fn new(root: &Path, tasks: usize, tasksets: usize) -> Protocol {
+        let mut event = vec![b' '; EVENT_BYTES - 1];
+        event.push(b'\n');
+        let tasks_per_taskset = tasks.div_ceil(tasksets);
+        Protocol {
+            root: root.join("registry"),
+            tasks_per_taskset,
+            taskset: vec![b' '; tasks_per_taskset * TASK_BYTES],
+            event,
+        }
+    }
+
+    fn taskset_of(&self, task: usize) -> usize {
+        task / self.tasks_per_taskset
+    }
+
+    /// Records one batch of changes (task numbers): per taskset, events first, then the file.
+    fn record(&self, changes: &[usize]) -> std::io::Result<()> {
+        let touched: BTreeSet<usize> = changes.iter().map(|&t| self.taskset_of(t)).collect();
+        for &spec in &touched {
+            let count = changes
+                .iter()
+                .filter(|&&t| self.taskset_of(t) == spec)
+                .count();
+            let events = self.root.join("events").join(format!("spec-{spec:03}"));
+            fs::create_dir_all(&events)?;
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(events.join("events.jsonl"))?;
+            file.write_all(&self.event.repeat(count))?;
+            file.sync_data()?;
+            let taskset = common::taskset_path(&self.root, &format!("spec-{spec:03}"));
+            fs::create_dir_all(taskset.parent().expect("taskset dir"))?;
+            dispatcher::fsutil::write_atomic(&taskset, &self.taskset)?;
+        }
+        Ok(())
+    }
+}
 
 /// The forked supervisor's part: files, the runner, its end.
 fn supervise_one(root: &Path, n: usize) -> std::io::Result<()> {
@@ -32,36 +98,68 @@ fn supervise_one(root: &Path, n: usize) -> std::io::Result<()> {
     common::attempt_files_after_end(&runner)
 }
 
-/// One sample in a directory of its own. Nothing is removed before the last sample: on ext4
-/// without a journal, inodes freed in the last minutes slow every allocation down, so
-/// removing files here would tax the next sample (see bench/README.md).
-fn design_floor(root: &Path, tasks: usize) {
+/// One sample in a directory of its own, with the registry's writes when `tasksets` is set.
+/// Nothing is removed before the last sample: on ext4 without a journal, inodes freed in the
+/// last minutes slow every allocation down, so removing files here would tax the next sample
+/// (see bench/README.md).
+fn design_floor(root: &Path, tasks: usize, tasksets: Option<usize>) {
     fs::create_dir_all(root).expect("bench dir");
-    let (mut started, mut running) = (0, 0);
-    while started < tasks || running > 0 {
-        if started < tasks && running < CONCURRENCY {
+    let protocol = tasksets.map(|tasksets| Protocol::new(root, tasks, tasksets));
+    let mut running: HashMap<u32, usize> = HashMap::new();
+    let mut started = 0;
+    let mut ended = Vec::new();
+    while started < tasks || !running.is_empty() {
+        // Wait only when nothing can start; then take every end that is already there.
+        if started == tasks || running.len() == CONCURRENCY {
+            ended.push(reaped(&mut running, sys::wait_any_child().expect("wait")));
+        }
+        while let Some(end) = try_wait_any_child() {
+            ended.push(reaped(&mut running, end));
+        }
+        let claims: Vec<usize> = (started..tasks).take(CONCURRENCY - running.len()).collect();
+        if let Some(protocol) = &protocol {
+            let changes: Vec<usize> = ended.drain(..).chain(claims.iter().copied()).collect();
+            if !changes.is_empty() {
+                protocol.record(&changes).expect("registry write");
+            }
+        }
+        for task in claims {
             match sys::fork_single_threaded().expect("fork") {
                 Forked::Child => {
-                    let code = match supervise_one(root, started) {
+                    let code = match supervise_one(root, task) {
                         Ok(()) => 0,
                         Err(err) => {
-                            eprintln!("task {started}: {err}");
+                            eprintln!("task {task}: {err}");
                             1
                         }
                     };
                     std::process::exit(code);
                 }
-                Forked::Parent { .. } => {
+                Forked::Parent { child_pid } => {
+                    running.insert(child_pid, task);
                     started += 1;
-                    running += 1;
                 }
             }
-        } else {
-            let (pid, ok) = sys::wait_any_child().expect("wait");
-            assert!(ok, "supervisor {pid} failed");
-            running -= 1;
         }
     }
+}
+
+/// The task of an ended supervisor, which must have succeeded.
+fn reaped(running: &mut HashMap<u32, usize>, (pid, ok): (u32, bool)) -> usize {
+    assert!(ok, "supervisor {pid} failed");
+    running.remove(&pid).expect("a supervisor of this sample")
+}
+
+/// An ended child, if one is there, without waiting.
+fn try_wait_any_child() -> Option<(u32, bool)> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a local; WNOHANG never blocks.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0)?;
+    Some((
+        pid,
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    ))
 }
 
 fn xargs(tasks: usize) {
@@ -82,16 +180,29 @@ fn main() {
     let base = common::bench_dir(&temp);
     let root = base.join("dispatcher-w1-floor");
     let (mut design, mut baseline) = (Vec::new(), Vec::new());
-    // One warm-up of each, then interleaved samples; every sample gets a fresh directory.
+    let mut durable: Vec<Vec<_>> = LAYOUTS.iter().map(|_| Vec::new()).collect();
+    // One warm-up of each, then interleaved samples; every sample gets fresh directories.
     for sample in 0..=samples {
         let start = Instant::now();
-        design_floor(&root.join(format!("sample-{sample}")), tasks);
+        design_floor(&root.join(format!("sample-{sample}")), tasks, None);
         let design_time = start.elapsed();
+        let durable_times: Vec<_> = LAYOUTS
+            .iter()
+            .map(|&tasksets| {
+                let dir = root.join(format!("durable-{tasksets}-{sample}"));
+                let start = Instant::now();
+                design_floor(&dir, tasks, Some(tasksets));
+                start.elapsed()
+            })
+            .collect();
         let start = Instant::now();
         xargs(tasks);
         let xargs_time = start.elapsed();
         if sample > 0 {
             design.push(design_time);
+            for (series, time) in durable.iter_mut().zip(durable_times) {
+                series.push(time);
+            }
             baseline.push(xargs_time);
         }
     }
@@ -101,6 +212,15 @@ fn main() {
         &format!("{tasks} forked supervisors with their files and runner `true`, {CONCURRENCY} at a time, in {place}"),
         &Stats::of(design),
     );
+    for (tasksets, series) in LAYOUTS.iter().zip(durable) {
+        report(
+            &format!("w1.floor.durable.{tasksets}"),
+            &format!(
+                "the same with the registry's durable writes per batch, {tasksets} taskset(s)"
+            ),
+            &Stats::of(series),
+        );
+    }
     report(
         "w1.floor.xargs",
         &format!("seq {tasks} | xargs -P{CONCURRENCY} -n1 true, interleaved"),
