@@ -1035,6 +1035,46 @@ fn events_go_to_the_fallback_file_when_the_events_dir_cannot_be_created() {
     );
 }
 
+/// Runner starts heard in a turn are appended together with that turn's writes (one sync per
+/// taskset): each attempt's events must still read in the order things happened, also when
+/// a runner's start and end are heard at once (a runner that ends at once, many in flight).
+#[test]
+fn each_attempts_events_are_in_the_order_things_happened() {
+    let env = Env::new();
+    env.config(
+        "max_global_concurrency = 8",
+        "[agent_pools.default]\ncommand = [\"true\"]\nmax_concurrency = 8\n",
+    );
+    let ids: Vec<String> = (0..40).map(|n| format!("t{n}")).collect();
+    for spec in ["one", "two"] {
+        let tasks: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+        env.taskset(spec, &tasks);
+    }
+
+    let (status, log) = env.run_until_idle();
+
+    assert_exit(status, 0, &log);
+    let expected = [
+        "TaskAssigned",
+        "RunnerStarted",
+        "RunnerFinished",
+        "TaskCompleted",
+    ];
+    for spec in ["one", "two"] {
+        let events = env.events(spec);
+        for id in &ids {
+            assert_eq!(env.state_of(spec, id), "done");
+            let order: Vec<&str> = events
+                .iter()
+                .filter(|e| e["task_id"] == id.as_str())
+                .filter_map(|e| e["event_type"].as_str())
+                .filter(|t| expected.contains(t))
+                .collect();
+            assert_eq!(order, expected, "events of {spec}/{id}");
+        }
+    }
+}
+
 // ----- 9. status without a dispatcher ----------------------------------------------------------
 
 /// The header and rows of one section of `status`' human output.

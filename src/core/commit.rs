@@ -438,7 +438,13 @@ impl Core {
                 .or_default() += 1;
             changed.push(c.pick.key.id.to_string());
         }
-        self.events.append(&events);
+        // This taskset's notes heard before the write go first, in the same append.
+        let (mut appended, others): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.outbox)
+            .into_iter()
+            .partition(|event| event.spec_name == spec);
+        self.outbox = others;
+        appended.append(&mut events);
+        self.events.append(&appended);
         changed.extend(refused);
         // A task held back until its patch was recorded is placed again, with the footprint
         // it learned from it.

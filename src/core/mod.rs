@@ -542,10 +542,8 @@ impl Core {
             }
             self.on_timers();
             self.check_deadlocks(false);
-            // Runner starts heard this turn go out before the ends this commit records.
-            if !self.outbox.is_empty() {
-                self.events.append(&std::mem::take(&mut self.outbox));
-            }
+            // The notes heard this turn (runner starts among them) join the appends of the
+            // tasksets this commit writes, ahead of its events: one sync per taskset, not two.
             self.commit();
             if !self.outbox.is_empty() {
                 self.events.append(&std::mem::take(&mut self.outbox));
