@@ -2,7 +2,7 @@
 //! `flock(2)` locks that interoperate with Python's `filelock.UnixFileLock`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -14,7 +14,13 @@ use std::time::{Duration, Instant};
 /// The temp file is `<dir>/<stem>.tmp` (`taskset.json` → `taskset.tmp`), the name NecroCode
 /// uses, so a leftover from either tool is recognisable. Callers serialise writers with a lock.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_file(path, bytes, true)
+    replace_file(path, &mut [IoSlice::new(bytes)], true)
+}
+
+/// [`write_atomic`] of a file given as pieces, written in order with vectored writes (no
+/// buffer joins them).
+pub fn write_atomic_pieces(path: &Path, pieces: &mut [IoSlice<'_>]) -> io::Result<()> {
+    replace_file(path, pieces, true)
 }
 
 /// [`write_atomic`] without the fsyncs: readers still see the old or the new content, but a
@@ -22,13 +28,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// supervisor's own record dies with its processes — where two fsyncs per write are the cost
 /// of a runner start on a slow disk.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_file(path, bytes, false)
+    replace_file(path, &mut [IoSlice::new(bytes)], false)
 }
 
-fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+fn replace_file(path: &Path, pieces: &mut [IoSlice<'_>], durable: bool) -> io::Result<()> {
     let dir = parent_dir(path);
     let tmp = temp_path(path);
-    let result = write_temp(&tmp, bytes, durable).and_then(|()| fs::rename(&tmp, path));
+    let result = write_temp(&tmp, pieces, durable).and_then(|()| fs::rename(&tmp, path));
     if let Err(err) = result {
         // Best effort: a stale temp file is harmless but confusing to someone inspecting the dir.
         let _ = fs::remove_file(&tmp);
@@ -41,11 +47,28 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+fn write_temp(tmp: &Path, pieces: &mut [IoSlice<'_>], durable: bool) -> io::Result<()> {
     let mut file = create_in_dir(tmp, |path| File::create(path))?;
-    file.write_all(bytes)?;
+    write_all_pieces(&mut file, pieces)?;
     if durable {
         file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `write_all` for pieces: vectored writes until every byte is written (std passes at most
+/// `IOV_MAX` pieces per call).
+fn write_all_pieces(file: &mut File, mut pieces: &mut [IoSlice<'_>]) -> io::Result<()> {
+    // Drops leading empty pieces (advancing drops every piece it has fully passed), so that
+    // a write of nothing writes nothing instead of failing with WriteZero.
+    IoSlice::advance_slices(&mut pieces, 0);
+    while !pieces.is_empty() {
+        match file.write_vectored(pieces) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut pieces, written),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
     }
     Ok(())
 }
@@ -178,6 +201,30 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!dir.path().join("sub/taskset.tmp").exists());
         assert_eq!(temp_path(&path), dir.path().join("sub/taskset.tmp"));
+    }
+
+    #[test]
+    fn pieces_are_written_in_order_past_iov_max_and_empty_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("taskset.json");
+        // More pieces than one writev takes (1024), some of them empty.
+        let texts: Vec<String> = (0..3000)
+            .map(|n| {
+                if n % 7 == 0 {
+                    String::new()
+                } else {
+                    format!("{n},")
+                }
+            })
+            .collect();
+        let mut pieces: Vec<IoSlice> = texts.iter().map(|t| IoSlice::new(t.as_bytes())).collect();
+        write_atomic_pieces(&path, &mut pieces).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), texts.concat());
+        assert!(!dir.path().join("taskset.tmp").exists());
+
+        // Nothing but empty pieces: an empty file, not an error.
+        write_atomic_pieces(&path, &mut [IoSlice::new(b""), IoSlice::new(b"")]).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! both are the same bytes.
 
 use std::collections::HashSet;
+use std::io::IoSlice;
 
 use serde::ser::{Serialize, Serializer};
 
@@ -40,12 +41,15 @@ impl RenderedTasks {
     /// The document for `taskset`, which was the file with fingerprint `read` before a change
     /// that touched (at most) the tasks `changed`. Every other task's text is reused when this
     /// cache holds the rendering of that very file.
+    ///
+    /// The document comes as pieces to write in order: joined into one buffer, a thousand-task
+    /// document was a megabyte allocated, faulted in and copied on every write.
     pub fn render(
         &mut self,
         taskset: &Taskset,
         read: Option<Fingerprint>,
         changed: &[String],
-    ) -> Vec<u8> {
+    ) -> Document<'_> {
         let current = read.is_some() && read == self.written;
         let mut kept = std::mem::take(&mut self.texts).into_iter();
         if !current {
@@ -62,15 +66,15 @@ impl RenderedTasks {
                 None => (task.id.clone(), render_task(task)),
             });
         }
-        let bytes = splice(taskset, &texts);
-        debug_assert!(
-            bytes == taskset.to_json_bytes(),
-            "a kept task text is stale: a write changed a task it did not list"
-        );
         self.size = texts.iter().map(|(id, text)| id.len() + text.len()).sum();
         self.texts = texts;
         self.written = None;
-        bytes
+        let document = Document::new(taskset, &self.texts);
+        debug_assert!(
+            document.to_vec() == taskset.to_json_bytes(),
+            "a kept task text is stale: a write changed a task it did not list"
+        );
+        document
     }
 
     /// Records the fingerprint of the file the last [`RenderedTasks::render`] went to, once it
@@ -94,33 +98,54 @@ fn render_task(task: &Task) -> Vec<u8> {
     json::to_pretty_bytes_at(task, TASK_DEPTH).expect("a task serializes to JSON")
 }
 
-/// The document: the taskset rendered without its tasks, with the tasks' texts put in the
-/// empty list as the pretty printer lays out a list's items.
-fn splice(taskset: &Taskset, texts: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let frame = json::to_pretty_bytes(&Frame(taskset)).expect("a taskset serializes to JSON");
-    if texts.is_empty() {
-        return frame;
+/// A rendered document: the taskset rendered without its tasks, with the tasks' texts put in
+/// the empty list as the pretty printer lays out a list's items.
+pub struct Document<'a> {
+    frame: Vec<u8>,
+    /// Where the frame's empty list `[]` starts; `None` when there are no tasks to put in.
+    list: Option<usize>,
+    texts: &'a [(String, Vec<u8>)],
+}
+
+impl<'a> Document<'a> {
+    fn new(taskset: &Taskset, texts: &'a [(String, Vec<u8>)]) -> Document<'a> {
+        let frame = json::to_pretty_bytes(&Frame(taskset)).expect("a taskset serializes to JSON");
+        let list = (!texts.is_empty()).then(|| {
+            frame
+                .windows(EMPTY_TASKS.len())
+                .position(|w| w == EMPTY_TASKS)
+                .expect("a taskset document has a tasks entry")
+                + EMPTY_TASKS.len()
+                - b"[]".len()
+        });
+        Document { frame, list, texts }
     }
-    let list = frame
-        .windows(EMPTY_TASKS.len())
-        .position(|w| w == EMPTY_TASKS)
-        .expect("a taskset document has a tasks entry")
-        + EMPTY_TASKS.len()
-        - b"[]".len();
-    let items: usize = texts.iter().map(|(_, text)| text.len() + 6).sum();
-    let mut out = Vec::with_capacity(frame.len() + items + 4);
-    out.extend_from_slice(&frame[..list]);
-    out.push(b'[');
-    for (n, (_, text)) in texts.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
+
+    /// The pieces of the document, in order, for one vectored write.
+    pub fn pieces(&self) -> Vec<IoSlice<'_>> {
+        let Some(list) = self.list else {
+            return vec![IoSlice::new(&self.frame)];
+        };
+        let mut pieces = Vec::with_capacity(2 * self.texts.len() + 4);
+        pieces.push(IoSlice::new(&self.frame[..list]));
+        pieces.push(IoSlice::new(b"["));
+        for (n, (_, text)) in self.texts.iter().enumerate() {
+            let open: &[u8] = if n == 0 { b"\n    " } else { b",\n    " };
+            pieces.push(IoSlice::new(open));
+            pieces.push(IoSlice::new(text));
         }
-        out.extend_from_slice(b"\n    ");
-        out.extend_from_slice(text);
+        pieces.push(IoSlice::new(b"\n  ]"));
+        pieces.push(IoSlice::new(&self.frame[list + b"[]".len()..]));
+        pieces
     }
-    out.extend_from_slice(b"\n  ]");
-    out.extend_from_slice(&frame[list + b"[]".len()..]);
-    out
+
+    /// The document in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces()
+            .iter()
+            .flat_map(|piece| piece.iter().copied())
+            .collect()
+    }
 }
 
 /// A taskset with an empty task list.
@@ -151,7 +176,7 @@ mod tests {
     fn a_first_render_is_the_whole_document() {
         let (_tmp, _registry, taskset, fingerprint) = chat_app();
         let mut rendered = RenderedTasks::default();
-        let bytes = rendered.render(&taskset, Some(fingerprint), &[]);
+        let bytes = rendered.render(&taskset, Some(fingerprint), &[]).to_vec();
         assert_eq!(bytes, taskset.to_json_bytes());
         assert_eq!(rendered.texts.len(), taskset.tasks.len());
     }
@@ -165,7 +190,9 @@ mod tests {
         let id = taskset.tasks[1].id.clone();
         taskset.task_mut(&id).unwrap().state = TaskState::Failed;
         taskset.version += 1;
-        let bytes = rendered.render(&taskset, Some(fingerprint), std::slice::from_ref(&id));
+        let bytes = rendered
+            .render(&taskset, Some(fingerprint), std::slice::from_ref(&id))
+            .to_vec();
         assert_eq!(bytes, taskset.to_json_bytes());
         assert!(String::from_utf8(bytes)
             .unwrap()
@@ -176,14 +203,14 @@ mod tests {
     fn size_counts_the_kept_text_and_clear_drops_it() {
         let (_tmp, _registry, taskset, fingerprint) = chat_app();
         let mut rendered = RenderedTasks::default();
-        let bytes = rendered.render(&taskset, None, &[]);
+        let bytes = rendered.render(&taskset, None, &[]).to_vec();
         rendered.written_as(Some(fingerprint));
         assert!(rendered.size() > 0 && rendered.size() < bytes.len());
         rendered.clear();
         assert_eq!((rendered.size(), rendered.texts.len()), (0, 0));
         // Nothing kept, nothing trusted: the next render is whole and right.
         assert_eq!(
-            rendered.render(&taskset, Some(fingerprint), &[]),
+            rendered.render(&taskset, Some(fingerprint), &[]).to_vec(),
             taskset.to_json_bytes()
         );
     }
@@ -197,11 +224,11 @@ mod tests {
         // Read again after someone else's write: an unlisted change, another fingerprint.
         let other = Fingerprint::for_tests(1, 2, 3);
         taskset.tasks[0].title = "changed by hand".into();
-        let bytes = rendered.render(&taskset, Some(other), &[]);
+        let bytes = rendered.render(&taskset, Some(other), &[]).to_vec();
         assert_eq!(bytes, taskset.to_json_bytes());
         // And a render that was never recorded as written is not trusted either.
         taskset.tasks[0].title = "changed again".into();
-        let bytes = rendered.render(&taskset, Some(other), &[]);
+        let bytes = rendered.render(&taskset, Some(other), &[]).to_vec();
         assert_eq!(bytes, taskset.to_json_bytes());
     }
 

@@ -202,11 +202,14 @@ impl Registry {
             taskset.updated_at = Some(timefmt::now_string());
             // A change that breaks the rules (say, a duplicate id) must not reach the file.
             validate_at(&taskset, spec, &path)?;
-            let bytes = match rendered.as_deref_mut() {
-                Some(rendered) => rendered.render(&taskset, read, &touched),
-                None => taskset.to_json_bytes(),
+            let written = match rendered.as_deref_mut() {
+                Some(rendered) => {
+                    let document = rendered.render(&taskset, read, &touched);
+                    fsutil::write_atomic_pieces(&path, &mut document.pieces())
+                }
+                None => fsutil::write_atomic(&path, &taskset.to_json_bytes()),
             };
-            fsutil::write_atomic(&path, &bytes).map_err(|source| RegistryError::Io {
+            written.map_err(|source| RegistryError::Io {
                 action: "write",
                 path,
                 source,
