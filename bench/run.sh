@@ -149,18 +149,23 @@ row() {
 
 # Runs a cargo bench target and files its RESULT lines as one-sample-per-stat series
 # (median, min and max are the bench's own; n is kept in a side file).
+#   cargo_bench NAME [SUFFIX [ARG...]]: SUFFIX (if any) is appended to the series' names, the
+#   ARGs go to the bench (the same bench run twice, say, in two directories).
 cargo_bench() {
-    local name=$1 line
+    local name=$1 suffix=${2:-} line out
     local args=()
     ((quick)) && args+=(--quick)
-    (cd "$root" && cargo bench --quiet --bench "$name" -- "${args[@]}") >"$work/bench-$name.txt" 2>&1 ||
-        { cat "$work/bench-$name.txt" >&2; return 1; }
-    grep -v '^RESULT' "$work/bench-$name.txt" | sed 's/^/   /' >&2
+    (($# > 2)) && args+=("${@:3}")
+    out=$work/bench-$name${suffix:+-$suffix}.txt
+    (cd "$root" && cargo bench --quiet --bench "$name" -- "${args[@]}") >"$out" 2>&1 ||
+        { cat "$out" >&2; return 1; }
+    grep -v '^RESULT' "$out" | sed 's/^/   /' >&2
     while IFS=$'\t' read -r _ series median min max n; do
+        series=$series${suffix:+.$suffix}
         # Stored so that `stats` gives back the bench's median, min and max.
         printf '%s\n%s\n%s\n' "$min" "$median" "$max" >"$samples/$series"
         echo "$n" >"$samples/$series.n"
-    done < <(grep '^RESULT' "$work/bench-$name.txt")
+    done < <(grep '^RESULT' "$out")
 }
 
 # /usr/bin/time -v fields of a finished run: "elapsed_ms maxrss_kb user_s sys_s".
@@ -272,8 +277,22 @@ print(sum(t["state"] == "done" for f in glob.glob(sys.argv[1] + "/tasksets/*/tas
         row "W1, 10 tasksets, on tmpfs" w1.disp.10.tmpfs w1.xargs ratio 1.5
     fi
     row "W1 floor: two execs per task (xargs env true)" w1.xargs.env w1.xargs info -
+    # The floor of this design (benches/w1_floor.rs): a forked supervisor per task with its
+    # files and `true`, alone and with the registry's durable writes per batch (issue #3's
+    # rules), each next to xargs in the same run. On the disk it shows what no dispatcher with
+    # these rules can beat there.
+    say "W1 floor (benches/w1_floor.rs), on ${places[*]}"
+    local place floor_dir
+    for place in "${places[@]}"; do
+        floor_dir=$dir/floor
+        [[ $place == tmpfs ]] && floor_dir=$shm/floor
+        mkdir -p "$floor_dir"
+        cargo_bench w1_floor "$place" --dir "$floor_dir" || return 1
+        row "W1 floor, $place: forked supervisor, attempt files, true" "w1.floor.design.$place" "w1.floor.xargs.$place" info -
+        row "W1 floor, $place: + durable registry writes, 1 taskset" "w1.floor.durable.1.$place" "w1.floor.xargs.$place" info -
+        row "W1 floor, $place: + durable registry writes, 10 tasksets" "w1.floor.durable.10.$place" "w1.floor.xargs.$place" info -
+    done
     if [[ -n $compare ]]; then
-        local place
         for place in "${places[@]}"; do
             for layout in 1 10; do
                 row "W1 $layout taskset(s), $place: the --compare build" "w1.cmp.$layout.$place" w1.xargs info -
