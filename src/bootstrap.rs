@@ -59,6 +59,9 @@ pub fn run(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Opt
         // (the supervisor's pid is only published once the runner runs).
         outcome = Err(NoRunner::Stopped(requested_stop(dir)));
     }
+    // Built only when there is no runner to start: the clock reading costs a local-time
+    // lookup in every supervisor.
+    let no_runner = outcome.err()?;
     let mut exit = Exit {
         runner_id: record.runner_id.clone(),
         exit_code: None,
@@ -71,7 +74,7 @@ pub fn run(record: &RunnerRecord, dir: &RunnerDir, signals: &Signals<'_>) -> Opt
         reason: None,
         class: None,
     };
-    match outcome.err()? {
+    match no_runner {
         NoRunner::Infra(reason) => {
             eprintln!("# dispatcher-supervisor: {reason}");
             exit.reason = Some(reason);

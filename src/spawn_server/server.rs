@@ -35,6 +35,9 @@ fn serve_until_closed() -> io::Result<()> {
     let reap = WakePipe::new()?;
     REAP_WAKE_FD.store(reap.write_fd(), Ordering::Relaxed);
     sys::install_signal_handler(libc::SIGCHLD, on_child_exit);
+    // The local time zone, read once here: every supervisor forked later inherits it instead
+    // of reading and parsing the zone file for its first timestamp.
+    crate::timefmt::now();
     // Allocated once: a fork copies the page tables of whatever the server has touched.
     let (mut buf, mut fds) = (vec![0; MAX_REQUEST], Vec::new());
     loop {
@@ -107,13 +110,11 @@ fn become_supervisor(request: SpawnRequest, lock: OwnedFd, log: OwnedFd) -> ! {
         std::process::exit(1);
     }
     drop((lock, log));
-    // This process has one thread, so changing the environment cannot race a reader; names
-    // and values were checked for `=` and NUL when the request was made.
-    for (name, _) in std::env::vars_os() {
-        std::env::remove_var(name);
-    }
-    for (name, value) in &request.env {
-        std::env::set_var(name, value);
+    // This process has one thread (it was just forked from one that has), so it may swap its
+    // environment; names and values were checked for `=` and NUL when the request was made.
+    if let Err(err) = sys::replace_environment_single_threaded(&request.env) {
+        eprintln!("# dispatcher-supervisor: cannot take the runner's environment: {err}");
+        std::process::exit(1);
     }
     supervisor::supervise_and_exit(&RunnerDir::new(request.dir));
 }

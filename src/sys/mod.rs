@@ -291,6 +291,52 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+extern "C" {
+    /// The C library's environment block, which `getenv`, `posix_spawnp` and Rust's
+    /// `std::env` read.
+    static mut environ: *const *const libc::c_char;
+}
+
+/// Makes `vars` the whole environment of this process at once, where removing and setting
+/// each variable through `std::env` takes quadratic time and an allocation per call: a
+/// forked supervisor takes its runner's environment this way. Fails, changing nothing, on a
+/// name or value with a NUL byte.
+///
+/// Only for a process with one thread (a child of [`fork_single_threaded`]): the block is
+/// replaced without the lock other threads would read it under. Its strings live as long as
+/// the process.
+pub fn replace_environment_single_threaded(
+    vars: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut entries = Vec::with_capacity(vars.len() + 1);
+    for (name, value) in vars {
+        let mut entry = Vec::with_capacity(name.len() + value.len() + 1);
+        entry.extend_from_slice(name.as_bytes());
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        let entry = std::ffi::CString::new(entry).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("environment variable {name:?} holds a NUL byte"),
+            )
+        })?;
+        entries.push(entry);
+    }
+    let mut block: Vec<*const libc::c_char> = entries
+        .into_iter()
+        .map(|entry| entry.into_raw().cast_const())
+        .collect();
+    block.push(std::ptr::null());
+    // SAFETY: one thread, so nothing reads `environ` while it changes; the new block is a
+    // null-terminated array of NUL-terminated `NAME=value` strings, leaked so that it stays
+    // valid for the rest of the process (the C library may keep pointers into it).
+    unsafe {
+        environ = block.leak().as_ptr();
+    }
+    Ok(())
+}
+
 /// The number of threads of this process (`/proc/self/stat`, field 20).
 fn thread_count() -> io::Result<u64> {
     // One read: the file is far shorter than the buffer and comes whole from one call.
@@ -462,6 +508,20 @@ pub fn write_byte_from_handler(fd: RawFd) {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn an_environment_with_a_nul_byte_is_refused_before_anything_changes() {
+        // Only the refusal can be tested here: the test process has many threads, and the
+        // swap itself is exercised by every forked supervisor in the integration tests.
+        let vars = [
+            ("GOOD".into(), "value".into()),
+            ("BAD".into(), "a\0b".into()),
+        ];
+        let err = replace_environment_single_threaded(&vars).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("\"BAD\""), "{err}");
+        assert!(std::env::var_os("GOOD").is_none());
+    }
 
     #[test]
     fn pidfd_becomes_readable_when_the_process_exits() {
