@@ -232,8 +232,9 @@ EOF
     for ((i = 1; i <= RUNS; i++)); do
         for fs in "${places[@]}"; do
             for layout in 1 10; do
-                # With --compare, the two builds take turns going first (ABBA): on this disk a
-                # run pays for the files the run before it removed.
+                # With --compare, the two builds take turns going first (ABBA; with an odd
+                # number of runs this build goes first once more): on this disk a run pays
+                # for the files the run before it removed.
                 if [[ -n $compare ]] && ((i % 2 == 0)); then
                     timed_run "$compare" "w1.cmp.$layout.$fs" "$fs" "$layout" || return 1
                     timed_run "$bin" "w1.disp.$layout.$fs" "$fs" "$layout" || return 1

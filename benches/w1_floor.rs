@@ -2,8 +2,7 @@
 //! forked from a single-threaded parent (the supervisor, as the spawn server forks it) that
 //! writes the attempt's state-dir files, starts `true` and waits for it, 8 at a time. No
 //! scheduler, no registry, no events: what is left of W1 when everything the dispatcher
-//! decides is free. A dispatcher cannot beat this figure on the same file system while it
-//! keeps a supervisor per runner and the attempt's files.
+//! decides is free.
 //!
 //! A second variant adds the registry protocol's durable part at its cheapest: before the
 //! parent forks the supervisors it can start, it records their claims and the ends it has
@@ -11,8 +10,12 @@
 //! per taskset touched, the events appended and `fdatasync`ed, then `taskset.json` replaced
 //! (temp file, fsync, rename, directory fsync). W1's two layouts (one taskset, ten); tasks
 //! are taken in taskset order, so a batch touches one or two tasksets. Nothing is rendered or
-//! parsed: the written bytes are W1's average taskset size. This is the floor of any dispatcher with this design and
-//! these durability rules on the same file system.
+//! parsed: the written bytes are W1's average taskset size, and each change is one event line
+//! (the dispatcher writes two to four per task). It is a reference floor, not a proof for
+//! every conceivable design: this loop writes before it forks, as a claim must be durable
+//! before its runner starts, and batches whatever has ended by then; a design that held
+//! writes back to batch more would sync less, and on a disk where W1 waits on each slot's
+//! chain of writes it is slower for it (README, Performance).
 //!
 //! `cargo bench --bench w1_floor [-- --quick] [-- --dir PATH]` (default: a temp dir; pass a
 //! tmpfs path such as /dev/shm to compare).
@@ -48,16 +51,23 @@ struct Protocol {
 }
 
 impl Protocol {
-    fn new(root: &Path, tasks: usize, tasksets: usize) -> Protocol {
+    /// With the registry's directories made, as they are before a dispatcher starts.
+    fn new(root: &Path, tasks: usize, tasksets: usize) -> std::io::Result<Protocol> {
         let mut event = vec![b' '; EVENT_BYTES - 1];
         event.push(b'\n');
         let tasks_per_taskset = tasks.div_ceil(tasksets);
-        Protocol {
-            root: root.join("registry"),
+        let root = root.join("registry");
+        for spec in 0..tasksets {
+            let spec = format!("spec-{spec:03}");
+            fs::create_dir_all(root.join("events").join(&spec))?;
+            fs::create_dir_all(root.join("tasksets").join(&spec))?;
+        }
+        Ok(Protocol {
+            root,
             tasks_per_taskset,
             taskset: vec![b' '; tasks_per_taskset * TASK_BYTES],
             event,
-        }
+        })
     }
 
     fn taskset_of(&self, task: usize) -> usize {
@@ -72,16 +82,12 @@ impl Protocol {
                 .iter()
                 .filter(|&&t| self.taskset_of(t) == spec)
                 .count();
-            let events = self.root.join("events").join(format!("spec-{spec:03}"));
-            fs::create_dir_all(&events)?;
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(events.join("events.jsonl"))?;
+            let spec = format!("spec-{spec:03}");
+            let events = self.root.join("events").join(&spec).join("events.jsonl");
+            let mut file = OpenOptions::new().create(true).append(true).open(events)?;
             file.write_all(&self.event.repeat(count))?;
             file.sync_data()?;
-            let taskset = common::taskset_path(&self.root, &format!("spec-{spec:03}"));
-            fs::create_dir_all(taskset.parent().expect("taskset dir"))?;
+            let taskset = common::taskset_path(&self.root, &spec);
             dispatcher::fsutil::write_atomic(&taskset, &self.taskset)?;
         }
         Ok(())
@@ -104,7 +110,7 @@ fn supervise_one(root: &Path, n: usize) -> std::io::Result<()> {
 /// (see bench/README.md).
 fn design_floor(root: &Path, tasks: usize, tasksets: Option<usize>) {
     fs::create_dir_all(root).expect("bench dir");
-    let protocol = tasksets.map(|tasksets| Protocol::new(root, tasks, tasksets));
+    let protocol = tasksets.map(|tasksets| Protocol::new(root, tasks, tasksets).expect("registry"));
     let mut running: HashMap<u32, usize> = HashMap::new();
     let mut started = 0;
     let mut ended = Vec::new();

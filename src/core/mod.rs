@@ -278,7 +278,9 @@ pub struct Core {
     /// Fingerprints runners' working directories for stall detection.
     probe: Option<crate::progress_probe::ProgressProbe>,
     monitor: Option<Monitor>,
-    /// Events of this turn that may wait for its end (runner starts), appended at once.
+    /// Notes of this turn that describe no change of the registry (runner starts, waits):
+    /// each goes out with the next append of its taskset's events in this turn's commit, or
+    /// at the turn's end.
     outbox: Vec<Event>,
     slots: SlotManager,
     slot_workers: Option<SlotWorkers>,

@@ -35,8 +35,10 @@ fn serve_until_closed() -> io::Result<()> {
     let reap = WakePipe::new()?;
     REAP_WAKE_FD.store(reap.write_fd(), Ordering::Relaxed);
     sys::install_signal_handler(libc::SIGCHLD, on_child_exit);
-    // The local time zone, read once here: every supervisor forked later inherits it instead
-    // of reading and parsing the zone file for its first timestamp.
+    // The local time zone, read once here: a supervisor forked later inherits it instead of
+    // reading and parsing the zone file for its first timestamp. (Past a second, chrono
+    // checks `TZ` and /etc/localtime again, so a runner environment with another `TZ` still
+    // sets the zone of its supervisor's timestamps, as it did before.)
     crate::timefmt::now();
     // Allocated once: a fork copies the page tables of whatever the server has touched.
     let (mut buf, mut fds) = (vec![0; MAX_REQUEST], Vec::new());
@@ -110,11 +112,16 @@ fn become_supervisor(request: SpawnRequest, lock: OwnedFd, log: OwnedFd) -> ! {
         std::process::exit(1);
     }
     drop((lock, log));
-    // This process has one thread (it was just forked from one that has), so it may swap its
-    // environment; names and values were checked for `=` and NUL when the request was made.
-    if let Err(err) = sys::replace_environment_single_threaded(&request.env) {
-        eprintln!("# dispatcher-supervisor: cannot take the runner's environment: {err}");
-        std::process::exit(1);
-    }
+    // Names and values were checked for `=` and NUL when the request was made.
+    let environment = match sys::Environment::new(&request.env) {
+        Ok(environment) => environment,
+        Err(err) => {
+            eprintln!("# dispatcher-supervisor: cannot take the runner's environment: {err}");
+            std::process::exit(1);
+        }
+    };
+    // SAFETY: this process was just forked from the spawn server, which
+    // `fork_single_threaded` found single-threaded, and it has started no thread since.
+    unsafe { environment.install() };
     supervisor::supervise_and_exit(&RunnerDir::new(request.dir));
 }

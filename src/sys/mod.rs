@@ -292,49 +292,60 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 }
 
 extern "C" {
-    /// The C library's environment block, which `getenv`, `posix_spawnp` and Rust's
-    /// `std::env` read.
-    static mut environ: *const *const libc::c_char;
+    /// The C library's environment block, which `getenv`, `setenv`, `posix_spawnp` and
+    /// Rust's `std::env` read.
+    static mut environ: *mut *mut libc::c_char;
 }
 
-/// Makes `vars` the whole environment of this process at once, where removing and setting
-/// each variable through `std::env` takes quadratic time and an allocation per call: a
-/// forked supervisor takes its runner's environment this way. Fails, changing nothing, on a
-/// name or value with a NUL byte.
-///
-/// Only for a process with one thread (a child of [`fork_single_threaded`]): the block is
-/// replaced without the lock other threads would read it under. Its strings live as long as
-/// the process.
-pub fn replace_environment_single_threaded(
-    vars: &[(std::ffi::OsString, std::ffi::OsString)],
-) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut entries = Vec::with_capacity(vars.len() + 1);
-    for (name, value) in vars {
-        let mut entry = Vec::with_capacity(name.len() + value.len() + 1);
-        entry.extend_from_slice(name.as_bytes());
-        entry.push(b'=');
-        entry.extend_from_slice(value.as_bytes());
-        let entry = std::ffi::CString::new(entry).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("environment variable {name:?} holds a NUL byte"),
-            )
-        })?;
-        entries.push(entry);
+/// A whole environment, checked and ready to become a process's own in one step: removing
+/// and setting each variable through `std::env` takes quadratic time and an allocation and
+/// a lock per call. A forked supervisor takes its runner's environment this way.
+#[derive(Debug)]
+pub struct Environment(Vec<std::ffi::CString>);
+
+impl Environment {
+    /// `NAME=value` entries for `vars`; fails, naming the variable, on a NUL byte.
+    pub fn new(vars: &[(std::ffi::OsString, std::ffi::OsString)]) -> io::Result<Environment> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut entries = Vec::with_capacity(vars.len());
+        for (name, value) in vars {
+            let mut entry = Vec::with_capacity(name.len() + value.len() + 1);
+            entry.extend_from_slice(name.as_bytes());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            let entry = std::ffi::CString::new(entry).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("environment variable {name:?} holds a NUL byte"),
+                )
+            })?;
+            entries.push(entry);
+        }
+        Ok(Environment(entries))
     }
-    let mut block: Vec<*const libc::c_char> = entries
-        .into_iter()
-        .map(|entry| entry.into_raw().cast_const())
-        .collect();
-    block.push(std::ptr::null());
-    // SAFETY: one thread, so nothing reads `environ` while it changes; the new block is a
-    // null-terminated array of NUL-terminated `NAME=value` strings, leaked so that it stays
-    // valid for the rest of the process (the C library may keep pointers into it).
-    unsafe {
-        environ = block.leak().as_ptr();
+
+    /// Makes this the whole environment of the process, for the rest of its life (the
+    /// strings are leaked: the C library may keep pointers into them).
+    ///
+    /// # Safety
+    ///
+    /// The process must have exactly one thread, such as a child of
+    /// [`fork_single_threaded`] that has started none: `environ` is replaced without the
+    /// lock under which other threads would read it.
+    pub unsafe fn install(self) {
+        let mut block: Vec<*mut libc::c_char> = self
+            .0
+            .into_iter()
+            .map(std::ffi::CString::into_raw)
+            .collect();
+        block.push(std::ptr::null_mut());
+        // SAFETY: the caller guarantees a single thread, so nothing reads `environ` while it
+        // changes; the block is a null-terminated array of NUL-terminated `NAME=value`
+        // strings, leaked, and mutable as `setenv` expects.
+        unsafe {
+            environ = block.leak().as_mut_ptr();
+        }
     }
-    Ok(())
 }
 
 /// The number of threads of this process (`/proc/self/stat`, field 20).
@@ -510,17 +521,25 @@ mod tests {
     use std::process::Command;
 
     #[test]
-    fn an_environment_with_a_nul_byte_is_refused_before_anything_changes() {
-        // Only the refusal can be tested here: the test process has many threads, and the
-        // swap itself is exercised by every forked supervisor in the integration tests.
-        let vars = [
+    fn an_environment_is_built_entry_by_entry_and_a_nul_byte_is_refused_by_name() {
+        // Installing needs a process with one thread: the forked supervisors of the
+        // integration tests do it (their runners get exactly the requested variables).
+        let good = [("A".into(), "1".into()), ("B".into(), "x=y".into())];
+        let environment = Environment::new(&good).unwrap();
+        let entries: Vec<&[u8]> = environment
+            .0
+            .iter()
+            .map(std::ffi::CString::as_bytes)
+            .collect();
+        assert_eq!(entries, [b"A=1".as_slice(), b"B=x=y"]);
+
+        let bad = [
             ("GOOD".into(), "value".into()),
             ("BAD".into(), "a\0b".into()),
         ];
-        let err = replace_environment_single_threaded(&vars).unwrap_err();
+        let err = Environment::new(&bad).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("\"BAD\""), "{err}");
-        assert!(std::env::var_os("GOOD").is_none());
     }
 
     #[test]
