@@ -119,15 +119,13 @@ fn design_floor(root: &Path, tasks: usize, tasksets: Option<usize>) {
         if started == tasks || running.len() == CONCURRENCY {
             ended.push(reaped(&mut running, sys::wait_any_child().expect("wait")));
         }
-        while let Some(end) = try_wait_any_child() {
+        while let Some(end) = sys::try_wait_any_child() {
             ended.push(reaped(&mut running, end));
         }
         let claims: Vec<usize> = (started..tasks).take(CONCURRENCY - running.len()).collect();
-        if let Some(protocol) = &protocol {
-            let changes: Vec<usize> = ended.drain(..).chain(claims.iter().copied()).collect();
-            if !changes.is_empty() {
-                protocol.record(&changes).expect("registry write");
-            }
+        let changes: Vec<usize> = ended.drain(..).chain(claims.iter().copied()).collect();
+        if let Some(protocol) = protocol.as_ref().filter(|_| !changes.is_empty()) {
+            protocol.record(&changes).expect("registry write");
         }
         for task in claims {
             match sys::fork_single_threaded().expect("fork") {
@@ -154,18 +152,6 @@ fn design_floor(root: &Path, tasks: usize, tasksets: Option<usize>) {
 fn reaped(running: &mut HashMap<u32, usize>, (pid, ok): (u32, bool)) -> usize {
     assert!(ok, "supervisor {pid} failed");
     running.remove(&pid).expect("a supervisor of this sample")
-}
-
-/// An ended child, if one is there, without waiting.
-fn try_wait_any_child() -> Option<(u32, bool)> {
-    let mut status = 0;
-    // SAFETY: waitpid writes the status into a local; WNOHANG never blocks.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0)?;
-    Some((
-        pid,
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-    ))
 }
 
 fn xargs(tasks: usize) {

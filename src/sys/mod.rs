@@ -365,31 +365,35 @@ fn thread_count() -> io::Result<u64> {
 
 /// Reaps every child that has exited, without waiting. Returns how many.
 pub fn reap_exited_children() -> usize {
-    let mut reaped = 0;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into a local; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return reaped;
-        }
-        reaped += 1;
-    }
+    std::iter::from_fn(try_wait_any_child).count()
+}
+
+/// A child of this process that has ended, reaped without waiting: its pid and whether it
+/// exited with status 0. `None` when none has ended (or there is no child).
+pub fn try_wait_any_child() -> Option<(u32, bool)> {
+    wait_for_child(libc::WNOHANG).ok().flatten()
 }
 
 /// Waits for any child of this process to end. Returns its pid and whether it exited with
 /// status 0.
 pub fn wait_any_child() -> io::Result<(u32, bool)> {
+    wait_for_child(0)?.ok_or_else(|| io::Error::other("waitpid returned no child"))
+}
+
+/// `waitpid(-1, …, flags)`, retried on EINTR: the ended child, or `None` when WNOHANG found
+/// none.
+fn wait_for_child(flags: libc::c_int) -> io::Result<Option<(u32, bool)>> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status into a local.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        let pid = unsafe { libc::waitpid(-1, &mut status, flags) };
         if pid > 0 {
             let pid = u32::try_from(pid).map_err(io::Error::other)?;
-            return Ok((
-                pid,
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            ));
+            let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            return Ok(Some((pid, ok)));
+        }
+        if pid == 0 {
+            return Ok(None);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
